@@ -1,0 +1,27 @@
+//! `presence-api`: the HTTP API for heartbeats and presence reads.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use presence::api::{self, ApiArgs};
+
+/// Serves the presence HTTP API.
+#[derive(Parser, Debug)]
+#[command(name = "presence-api", version, about)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    presence::logging::init("info");
+    match api::serve(cli.api).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "presence-api stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

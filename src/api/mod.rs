@@ -1,0 +1,155 @@
+//! The HTTP API: heartbeats in, presence out.
+//!
+//! [`router`] builds the whole application from an [`AppState`], so tests drive it on a
+//! port of their own; [`serve`] adds the listener and graceful shutdown.
+
+mod error;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use clap::Args;
+use redis::aio::ConnectionManager;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::config::{StoreArgs, TtlArgs};
+use crate::db::DbReader;
+use crate::heartbeat::HeartbeatWriter;
+use crate::redis_conn::{connect_lazy, redact_url};
+use crate::status::StatusReader;
+
+/// The default address the API listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The most users one batch query may ask about.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Options of `presence-api`.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "PRESENCE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Seconds a client should wait between pings; told to clients in every ping
+    /// response. Defaults to a tenth of the online TTL, so nine pings in a row may be lost
+    /// before a user shows offline.
+    #[arg(long, env = "PRESENCE_PING_INTERVAL")]
+    pub ping_interval: Option<u64>,
+
+    /// Most user ids in one batch query.
+    #[arg(long, env = "PRESENCE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+}
+
+impl ApiArgs {
+    /// The ping interval told to clients.
+    pub fn ping_interval(&self) -> u64 {
+        self.ping_interval
+            .unwrap_or((self.ttl.online_ttl / 10).max(1))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.ttl.validate()?;
+        let interval = self.ping_interval();
+        anyhow::ensure!(
+            interval >= 1 && interval < self.ttl.online_ttl.max(2),
+            "--ping-interval ({interval}) must be at least 1 and shorter than --online-ttl"
+        );
+        anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        Ok(())
+    }
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The Redis connection; cloning it shares one multiplexed connection.
+    pub redis: ConnectionManager,
+    /// Writes pings and offline calls.
+    pub heartbeats: HeartbeatWriter,
+    /// Reads presence.
+    pub status: StatusReader,
+    /// The database, for readiness checks.
+    pub db: Arc<DbReader>,
+    /// Seconds between pings, told to clients.
+    pub ping_interval: u64,
+    /// Most user ids per batch query.
+    pub max_batch: usize,
+}
+
+impl AppState {
+    /// Opens Redis (lazily) and the database (migrating it) as `args` say.
+    pub fn open(args: &ApiArgs) -> anyhow::Result<AppState> {
+        args.validate()?;
+        let store = &args.store;
+        crate::db::open_and_migrate(&store.db, store.busy_timeout())?;
+        let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
+        let redis = connect_lazy(&store.redis_url)
+            .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+        let keys = store.keys();
+        Ok(AppState {
+            redis,
+            heartbeats: HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow()),
+            status: StatusReader::new(keys, Arc::clone(&db)),
+            db,
+            ping_interval: args.ping_interval(),
+            max_batch: args.max_batch,
+        })
+    }
+}
+
+/// The application: every route, with its limits.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/users/{user_id}/ping", post(routes::ping))
+        .route("/v1/users/{user_id}/offline", post(routes::offline))
+        .route("/v1/users/{user_id}/presence", get(routes::presence))
+        .route("/v1/presence/query", post(routes::query))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the API until SIGINT or SIGTERM.
+pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
+    let state = Arc::new(AppState::open(&args)?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        redis = %redact_url(&args.store.redis_url),
+        db = %args.store.db.display(),
+        online_ttl = args.ttl.online_ttl,
+        shadow_ttl = args.ttl.shadow_ttl,
+        "presence-api listening"
+    );
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(crate::schedule::shutdown_signal())
+        .await
+        .context("serving http")
+}

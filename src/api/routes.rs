@@ -1,0 +1,178 @@
+//! The request handlers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::status::Presence;
+use crate::time::{Millis, to_rfc3339};
+use crate::user::UserId;
+
+type Shared = State<Arc<AppState>>;
+
+/// A user's presence as JSON.
+#[derive(Serialize)]
+pub struct PresenceBody {
+    user_id: String,
+    online: bool,
+    last_seen: Option<String>,
+}
+
+impl From<Presence> for PresenceBody {
+    fn from(p: Presence) -> PresenceBody {
+        PresenceBody {
+            user_id: p.user.into_string(),
+            online: p.online,
+            last_seen: p.last_seen.map(to_rfc3339),
+        }
+    }
+}
+
+/// The answer to a ping: the new state and when to ping next.
+#[derive(Serialize)]
+pub struct PingBody {
+    #[serde(flatten)]
+    presence: PresenceBody,
+    next_ping_in_seconds: u64,
+}
+
+/// A batch query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    user_ids: Vec<String>,
+}
+
+/// The answer to a batch query, in request order.
+#[derive(Serialize)]
+pub struct QueryBody {
+    users: Vec<PresenceBody>,
+}
+
+fn user_from(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError> {
+    let Path(raw) = path?;
+    UserId::parse(&raw).map_err(ApiError::invalid_user_id)
+}
+
+fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
+    PresenceBody::from(Presence {
+        user,
+        online,
+        last_seen: Some(at),
+    })
+}
+
+/// `POST /v1/users/{user_id}/ping`
+pub async fn ping(
+    State(app): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PingBody>, ApiError> {
+    let user = user_from(path)?;
+    let at = app
+        .heartbeats
+        .record_ping(&mut app.redis.clone(), &user)
+        .await?;
+    tracing::debug!(user = %user, at, "ping");
+    Ok(Json(PingBody {
+        presence: presence_of(user, true, at),
+        next_ping_in_seconds: app.ping_interval,
+    }))
+}
+
+/// `POST /v1/users/{user_id}/offline`
+pub async fn offline(
+    State(app): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PresenceBody>, ApiError> {
+    let user = user_from(path)?;
+    let at = app
+        .heartbeats
+        .record_offline(&mut app.redis.clone(), &user)
+        .await?;
+    tracing::debug!(user = %user, at, "offline");
+    Ok(Json(presence_of(user, false, at)))
+}
+
+/// `GET /v1/users/{user_id}/presence`
+pub async fn presence(
+    State(app): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PresenceBody>, ApiError> {
+    let user = user_from(path)?;
+    let mut found = app
+        .status
+        .read_many(&mut app.redis.clone(), &[user])
+        .await?;
+    let one = found.pop().expect("one user asked, one answered");
+    Ok(Json(one.into()))
+}
+
+/// `POST /v1/presence/query`
+pub async fn query(
+    State(app): Shared,
+    body: Result<Json<QueryRequest>, JsonRejection>,
+) -> Result<Json<QueryBody>, ApiError> {
+    let Json(request) = body?;
+    let users = parse_batch(&request.user_ids, app.max_batch)?;
+    let found = app.status.read_many(&mut app.redis.clone(), &users).await?;
+    Ok(Json(QueryBody {
+        users: found.into_iter().map(PresenceBody::from).collect(),
+    }))
+}
+
+fn parse_batch(raw: &[String], max: usize) -> Result<Vec<UserId>, ApiError> {
+    if raw.len() > max {
+        let message = format!("a query may name at most {max} users, not {}", raw.len());
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "batch_too_large",
+            message,
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            UserId::parse(id).map_err(|e| {
+                let message = format!("user_ids[{i}]: {e}");
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_user_id", message)
+            })
+        })
+        .collect()
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: Redis and the database both answer.
+pub async fn readyz(State(app): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let _: String = redis::cmd("PING")
+        .query_async(&mut app.redis.clone())
+        .await?;
+    let db = Arc::clone(&app.db);
+    tokio::task::spawn_blocking(move || db.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(()))))
+        .await
+        .map_err(|e| ApiError::database_unavailable(&e.into()))?
+        .map_err(|e| ApiError::database_unavailable(&e))?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+/// Any path the API does not have.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,38 @@
+//! `presence`: who is online now, and when everyone else was last seen.
+//!
+//! A heartbeat travels through the crate like this:
+//!
+//! - [`api`] takes `POST /v1/users/{id}/ping` over HTTP and checks the id ([`user`]).
+//! - [`heartbeat`] records it in Redis with one script call: the presence key that
+//!   expires when the user stops pinging, and the shadow key that remembers the last
+//!   heartbeat for a while longer. [`keys`] names both keys and [`shadow`] encodes what
+//!   the shadow key holds.
+//! - [`status`] answers "is this user online, and when were they last seen?" from Redis,
+//!   falling back to the durable rows in SQLite ([`last_seen`]) once the shadow key is gone.
+//! - The batch job walks the shadow keys ([`scan`]), compares what it saw with the online
+//!   set of the previous run ([`diff`]), and commits last-seen rows, online periods and a
+//!   run log in one SQLite transaction ([`snapshot`]), under a run lock ([`lock`]), on its
+//!   own clock if asked ([`schedule`]).
+//! - [`db`] opens the database and applies the numbered migrations from `sql/`;
+//!   [`redis_conn`] opens Redis; [`config`] holds the options both binaries share.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod diff;
+pub mod heartbeat;
+pub mod keys;
+pub mod last_seen;
+pub mod lock;
+pub mod logging;
+pub mod progress;
+pub mod redis_conn;
+pub mod report;
+pub mod scan;
+pub mod schedule;
+pub mod shadow;
+pub mod snapshot;
+pub mod status;
+pub mod time;
+pub mod user;

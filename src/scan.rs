@@ -1,0 +1,171 @@
+//! Walking the shadow keys: what Redis knows of every user seen lately.
+//!
+//! The walk uses SCAN with a MATCH pattern, never KEYS: SCAN does a bounded amount of work
+//! per call, so Redis keeps serving pings in between. Each batch of keys is followed by
+//! one MGET of the users' presence and shadow keys, sent in the same pipeline as the SCAN
+//! for the next batch, so a batch costs one round trip.
+//!
+//! The job walks shadow keys rather than presence keys because a shadow key outlives its
+//! user's session: a user who came online and went offline between two runs is still
+//! found, and their last-seen recorded.
+
+use redis::aio::ConnectionLike;
+
+use crate::keys::KeyLayout;
+use crate::shadow::Shadow;
+use crate::time::Millis;
+
+/// The default SCAN COUNT: keys Redis examines per call.
+pub const DEFAULT_SCAN_COUNT: usize = 1000;
+
+/// One user as the walk found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The user id.
+    pub user: Box<str>,
+    /// The shadow value: last heartbeat and session start.
+    pub shadow: Shadow,
+    /// Whether the presence key existed: the user is online.
+    pub online: bool,
+}
+
+/// The outcome of one walk.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// One observation per user, sorted by user id.
+    pub observations: Vec<Observation>,
+    /// Keys SCAN returned, counting repeats.
+    pub keys_scanned: u64,
+    /// Keys SCAN returned more than once (SCAN may repeat a key while Redis rehashes).
+    pub duplicates: u64,
+    /// Keys or values this service did not write, skipped.
+    pub skipped_values: u64,
+    /// Redis's clock when the walk began.
+    pub started: Millis,
+}
+
+/// Walks every shadow key under `keys`, reading values in batches of about `count`.
+/// `on_batch` hears the running count of keys scanned.
+pub async fn walk_shadows<C>(
+    con: &mut C,
+    keys: &KeyLayout,
+    count: usize,
+    mut on_batch: impl FnMut(u64),
+) -> redis::RedisResult<Walk>
+where
+    C: ConnectionLike + Send,
+{
+    let mut walk = Walk {
+        started: redis_time(con).await?,
+        ..Walk::default()
+    };
+    let pattern = keys.shadow_pattern();
+    let (mut cursor, mut batch) = scan_step(con, 0, &pattern, count).await?;
+    loop {
+        let users = users_of(keys, &batch, &mut walk);
+        let mut pipe = redis::pipe();
+        if !users.is_empty() {
+            pipe.cmd("MGET").arg(value_keys(keys, &users));
+        }
+        let more = cursor != 0;
+        if more {
+            pipe.cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(count);
+        }
+        let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
+        let next = more.then(|| replies.pop()).flatten();
+        if let Some(values) = replies.pop() {
+            let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(values)?;
+            record(&mut walk, users, values);
+        }
+        on_batch(walk.keys_scanned);
+        match next {
+            Some(reply) => (cursor, batch) = redis::from_redis_value(reply)?,
+            None => break,
+        }
+    }
+    dedup(&mut walk);
+    Ok(walk)
+}
+
+async fn scan_step<C: ConnectionLike + Send>(
+    con: &mut C,
+    cursor: u64,
+    pattern: &str,
+    count: usize,
+) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
+    redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(con)
+        .await
+}
+
+/// Redis's clock, in milliseconds.
+pub async fn redis_time<C: ConnectionLike + Send>(con: &mut C) -> redis::RedisResult<Millis> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(con).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+fn users_of<'k>(keys: &KeyLayout, batch: &'k [Vec<u8>], walk: &mut Walk) -> Vec<&'k str> {
+    walk.keys_scanned += batch.len() as u64;
+    let mut users = Vec::with_capacity(batch.len());
+    for key in batch {
+        match keys.user_of_shadow(key) {
+            Some(user) => users.push(user),
+            None => {
+                walk.skipped_values += 1;
+                tracing::warn!(key = %String::from_utf8_lossy(key), "skipping a key this service did not write");
+            }
+        }
+    }
+    users
+}
+
+fn value_keys(keys: &KeyLayout, users: &[&str]) -> Vec<String> {
+    let mut names = Vec::with_capacity(users.len() * 2);
+    for user in users {
+        names.push(keys.presence(user));
+        names.push(keys.shadow(user));
+    }
+    names
+}
+
+/// Pairs each user with its two values. A shadow key that expired between SCAN and MGET
+/// is simply gone; one holding something else is counted and skipped.
+fn record(walk: &mut Walk, users: Vec<&str>, values: Vec<Option<Vec<u8>>>) {
+    for (user, pair) in users.into_iter().zip(values.chunks_exact(2)) {
+        let Some(raw) = &pair[1] else { continue };
+        match Shadow::parse(raw) {
+            Some(shadow) => walk.observations.push(Observation {
+                user: user.into(),
+                shadow,
+                online: pair[0].is_some(),
+            }),
+            None => {
+                walk.skipped_values += 1;
+                tracing::warn!(
+                    user,
+                    "skipping a shadow key holding a value this service did not write"
+                );
+            }
+        }
+    }
+}
+
+/// Sorts by user and keeps one observation per user: the one with the newest heartbeat.
+fn dedup(walk: &mut Walk) {
+    walk.observations
+        .sort_unstable_by(|a, b| a.user.cmp(&b.user).then(b.shadow.last.cmp(&a.shadow.last)));
+    let before = walk.observations.len();
+    walk.observations
+        .dedup_by(|later, first| later.user == first.user);
+    walk.duplicates = (before - walk.observations.len()) as u64;
+}

@@ -1,0 +1,94 @@
+//! What a shadow key holds: `last:start:previous_end`, three times in milliseconds.
+//!
+//! - `last` is the user's latest heartbeat, or the time of an explicit offline call.
+//! - `start` is the first heartbeat of the session `last` belongs to, so the batch job can
+//!   record exact online periods without storing anything per ping.
+//! - `previous_end` (empty when unknown) is the `last` of the session before, kept when a
+//!   new session starts. A job run that finds a user's session restarted since the
+//!   previous run closes the old session at this time instead of guessing.
+//!
+//! The ping script in [`crate::heartbeat`] writes this format in Lua; the two must agree.
+
+use crate::time::Millis;
+
+/// A decoded shadow value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    /// The latest heartbeat (or explicit offline time).
+    pub last: Millis,
+    /// The first heartbeat of the current session.
+    pub start: Millis,
+    /// The end of the session before the current one, when known.
+    pub previous_end: Option<Millis>,
+}
+
+impl Shadow {
+    /// Decodes a shadow value; `None` for anything this service did not write.
+    pub fn parse(raw: &[u8]) -> Option<Shadow> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let mut parts = text.split(':');
+        let last = parse_ms(parts.next()?)?;
+        let start = parse_ms(parts.next()?)?;
+        let previous_end = match parts.next()? {
+            "" => None,
+            end => Some(parse_ms(end)?),
+        };
+        if parts.next().is_some() || start > last {
+            return None;
+        }
+        Some(Shadow {
+            last,
+            start,
+            previous_end,
+        })
+    }
+
+    /// Encodes the value as the ping script would.
+    pub fn encode(&self) -> String {
+        let end = self.previous_end.map(|e| e.to_string()).unwrap_or_default();
+        format!("{}:{}:{}", self.last, self.start, end)
+    }
+}
+
+fn parse_ms(s: &str) -> Option<Millis> {
+    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let s = Shadow {
+            last: 20,
+            start: 10,
+            previous_end: Some(5),
+        };
+        assert_eq!(Shadow::parse(s.encode().as_bytes()), Some(s));
+        let fresh = Shadow {
+            previous_end: None,
+            ..s
+        };
+        assert_eq!(Shadow::parse(b"20:10:"), Some(fresh));
+    }
+
+    #[test]
+    fn rejects_values_it_did_not_write() {
+        for bad in [
+            "",
+            "x",
+            "1:2:3",
+            "20:10",
+            "20:10:5:1",
+            "-1:-2:",
+            "20:1e3:",
+            "９:1:",
+        ] {
+            assert_eq!(Shadow::parse(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+}

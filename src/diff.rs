@@ -182,3 +182,119 @@ fn row_of(o: &Observation) -> OnlineRow {
         last_heartbeat: o.shadow.last,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::Shadow;
+
+    fn seen(user: &str, start: Millis, last: Millis, online: bool) -> Observation {
+        Observation {
+            user: user.into(),
+            shadow: Shadow {
+                last,
+                start,
+                previous_end: None,
+            },
+            online,
+        }
+    }
+
+    fn row(user: &str, since: Millis, last_heartbeat: Millis) -> Result<OnlineRow, ()> {
+        Ok(OnlineRow {
+            user: user.into(),
+            since,
+            last_heartbeat,
+        })
+    }
+
+    fn none() -> std::iter::Empty<Result<OnlineRow, ()>> {
+        std::iter::empty()
+    }
+
+    fn closed(user: &str, started: Millis, ended: Millis) -> ClosedSession {
+        ClosedSession {
+            user: user.into(),
+            started,
+            ended,
+        }
+    }
+
+    #[test]
+    fn new_online_users_join_the_online_set() {
+        let observed = [seen("ann", 10, 20, true)];
+
+        let plan = plan(none(), &observed, 0, VanishGuard::default()).unwrap();
+
+        assert_eq!(
+            (plan.online, plan.came_online, plan.went_offline),
+            (1, 1, 0)
+        );
+        assert_eq!(plan.online_upserts.len(), 1);
+        assert!(plan.sessions.is_empty() && plan.last_seen.is_empty());
+    }
+
+    #[test]
+    fn users_who_left_are_closed_at_their_last_heartbeat() {
+        let previous = vec![row("ann", 10, 10), row("bob", 5, 5)];
+        let observed = [seen("ann", 10, 40, false), seen("bob", 5, 50, true)];
+
+        let plan = plan(previous.into_iter(), &observed, 0, VanishGuard::default()).unwrap();
+
+        assert_eq!(
+            (plan.online, plan.came_online, plan.went_offline),
+            (1, 0, 1)
+        );
+        assert_eq!(plan.sessions, vec![closed("ann", 10, 40)]);
+        assert_eq!(plan.last_seen, vec![("ann".into(), 40)]);
+        assert_eq!(plan.online_removals, vec![Box::<str>::from("ann")]);
+    }
+
+    #[test]
+    fn offline_users_older_than_the_watermark_are_passed_over() {
+        let observed = [seen("old", 1, 2, false), seen("new", 30, 40, false)];
+
+        let plan = plan(
+            std::iter::empty::<Result<_, ()>>(),
+            &observed,
+            30,
+            VanishGuard::default(),
+        );
+
+        assert_eq!(plan.unwrap().sessions, vec![closed("new", 30, 40)]);
+    }
+
+    #[test]
+    fn vanished_users_are_kept_when_too_many_vanish_at_once() {
+        let previous: Vec<_> = (0..4).map(|i| row(&format!("u{i}"), 1, 2)).collect();
+        let observed = [seen("u0", 1, 3, true)];
+        let guard = VanishGuard {
+            max_share: 0.5,
+            min_users: 2,
+            accept: false,
+        };
+
+        let kept = plan(previous.clone().into_iter(), &observed, 0, guard).unwrap();
+        let accepted = VanishGuard {
+            accept: true,
+            ..guard
+        };
+        let closed_all = plan(previous.into_iter(), &observed, 0, accepted).unwrap();
+
+        assert_eq!((kept.vanished_kept, kept.went_offline), (3, 0));
+        assert!(kept.sessions.is_empty());
+        assert_eq!((closed_all.vanished_kept, closed_all.went_offline), (0, 3));
+        assert_eq!(closed_all.sessions[0], closed("u1", 1, 2));
+    }
+
+    #[test]
+    fn a_few_vanished_users_are_closed_at_their_newest_durable_heartbeat() {
+        let previous = vec![row("ann", 1, 7), row("bob", 1, 2), row("cat", 1, 2)];
+        let observed = [seen("bob", 1, 3, true), seen("cat", 1, 3, true)];
+
+        let plan = plan(previous.into_iter(), &observed, 0, VanishGuard::default()).unwrap();
+
+        assert_eq!(plan.sessions, vec![closed("ann", 1, 7)]);
+        assert_eq!(plan.went_offline, 1);
+    }
+}

@@ -63,11 +63,14 @@ where
     let (mut cursor, mut batch) = scan_step(con, 0, &pattern, count).await?;
     loop {
         let users = users_of(keys, &batch, &mut walk);
+        let more = cursor != 0;
+        if users.is_empty() && !more {
+            break;
+        }
         let mut pipe = redis::pipe();
         if !users.is_empty() {
             pipe.cmd("MGET").arg(value_keys(keys, &users));
         }
-        let more = cursor != 0;
         if more {
             pipe.cmd("SCAN")
                 .arg(cursor)
@@ -77,7 +80,7 @@ where
                 .arg(count);
         }
         let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
-        let next = more.then(|| replies.pop()).flatten();
+        let next = if more { replies.pop() } else { None };
         if let Some(values) = replies.pop() {
             let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(values)?;
             record(&mut walk, users, values);
@@ -168,4 +171,34 @@ fn dedup(walk: &mut Walk) {
     walk.observations
         .dedup_by(|later, first| later.user == first.user);
     walk.duplicates = (before - walk.observations.len()) as u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(user: &str, last: Millis) -> Observation {
+        Observation {
+            user: user.into(),
+            shadow: Shadow {
+                last,
+                start: 0,
+                previous_end: None,
+            },
+            online: true,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_one_observation_per_user_the_newest() {
+        let mut walk = Walk {
+            observations: vec![obs("b", 1), obs("a", 1), obs("b", 3), obs("b", 2)],
+            ..Walk::default()
+        };
+
+        dedup(&mut walk);
+
+        assert_eq!(walk.observations, vec![obs("a", 1), obs("b", 3)]);
+        assert_eq!(walk.duplicates, 2);
+    }
 }

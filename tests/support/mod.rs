@@ -13,7 +13,8 @@ use presence::api::{self, ApiArgs, AppState};
 use presence::config::{StoreArgs, TtlArgs};
 use presence::diff::VanishGuard;
 use presence::keys::KeyLayout;
-use presence::snapshot::{RunSummary, SnapshotError, SnapshotOptions};
+pub use presence::snapshot::SnapshotOptions;
+use presence::snapshot::{RunSummary, SnapshotError};
 use tempfile::TempDir;
 
 /// The key prefix tests use.

@@ -44,11 +44,15 @@ fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> 
     conn.pragma_update(None, "foreign_keys", "ON")
 }
 
-/// Applies every migration newer than the database's `user_version`.
+/// Applies every migration newer than the database's `user_version`. A database already
+/// current is only read, so readers never queue behind a running job for the write lock.
 pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current: u32 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let latest = schema_version();
+    if user_version(conn)? == latest {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = user_version(&tx)?;
     if current > latest {
         bail!("the database has schema version {current}, newer than this build's {latest}");
     }
@@ -61,6 +65,10 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     }
     tx.commit()?;
     Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
 /// A small pool of read-only connections for the API's fallback reads.

@@ -331,3 +331,53 @@ fn cli(redis: &RedisServer, db: &TestDb, args: &[&str]) -> Command {
 fn run_cli(redis: &RedisServer, db: &TestDb, args: &[&str]) -> std::process::Output {
     cli(redis, db, args).output().unwrap()
 }
+
+/// A tick that comes while a run is still going is skipped and logged; a run that fails
+/// is logged and the next tick runs normally. The test holds the database's write lock
+/// so that a run waits out its busy timeout and then fails.
+#[tokio::test]
+async fn the_scheduler_skips_overlapping_ticks_and_survives_failures() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+    presence::db::open_and_migrate(&db.path(), Duration::from_secs(1)).unwrap();
+    let blocker = db.conn();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cli(
+        &redis,
+        &db,
+        &[
+            "--busy-timeout-ms",
+            "2500",
+            "schedule",
+            "--cron",
+            "* * * * * *",
+        ],
+    )
+    .env("RUST_LOG", "info")
+    .stderr(log.reopen().unwrap())
+    .spawn()
+    .unwrap();
+
+    let skipped = eventually(Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        text.contains("skipping a tick") && text.contains("snapshot run failed")
+    })
+    .await;
+    blocker.execute_batch("COMMIT").unwrap();
+    let recovered = eventually(Duration::from_secs(10), || async {
+        let out = run_cli(&redis, &db, &["history"]);
+        String::from_utf8_lossy(&out.stdout).lines().count() >= 2
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+
+    assert!(skipped, "{}", std::fs::read_to_string(log.path()).unwrap());
+    assert!(
+        recovered,
+        "no run succeeded after the database was free again"
+    );
+    assert_eq!(status.code(), Some(0));
+}

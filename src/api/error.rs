@@ -5,7 +5,8 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::http::StatusCode;
+use axum::http::header::IntoHeaderName;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -18,6 +19,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    headers: HeaderMap,
 }
 
 #[derive(Serialize)]
@@ -33,7 +35,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            headers: HeaderMap::new(),
         }
+    }
+
+    /// The same error with a header added to its answer (`Retry-After`, say).
+    pub fn with_header(mut self, name: impl IntoHeaderName, value: HeaderValue) -> ApiError {
+        self.headers.insert(name, value);
+        self
     }
 
     /// The stable code.
@@ -77,7 +86,7 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        (self.status, Json(body)).into_response()
+        (self.status, self.headers, Json(body)).into_response()
     }
 }
 

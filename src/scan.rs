@@ -63,6 +63,11 @@ where
     let (mut cursor, mut batch) = scan_step(con, 0, &pattern, count).await?;
     loop {
         let users = users_of(keys, &batch, &mut walk);
+        if users.is_empty() && cursor == 0 {
+            // Nothing left to read or scan: an empty pipeline is an error to Redis.
+            on_batch(walk.keys_scanned);
+            break;
+        }
         let mut pipe = redis::pipe();
         if !users.is_empty() {
             pipe.cmd("MGET").arg(value_keys(keys, &users));

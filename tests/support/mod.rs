@@ -712,3 +712,87 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(self.path()).status();
     }
 }
+
+/// Simulated users changing the keyspace through the real ping and offline scripts, with
+/// no HTTP in between, for tests that need thousands of changes quickly.
+pub struct Crowd {
+    users: Vec<presence::user::UserId>,
+    online: Vec<bool>,
+    writer: presence::heartbeat::HeartbeatWriter,
+    con: redis::aio::MultiplexedConnection,
+}
+
+impl Crowd {
+    /// `size` users, none seen yet, with long TTLs so nothing expires during a test.
+    pub async fn new(redis: &RedisServer, size: usize) -> Crowd {
+        let users = (0..size)
+            .map(|i| presence::user::UserId::parse(&format!("c{i:05}")).unwrap())
+            .collect();
+        let writer = presence::heartbeat::HeartbeatWriter::new(
+            KeyLayout::new(PREFIX),
+            Duration::from_secs(3600),
+            Duration::from_secs(7200),
+        );
+        let con = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Crowd {
+            users,
+            online: vec![false; size],
+            writer,
+            con,
+        }
+    }
+
+    /// Every user pings once.
+    pub async fn all_ping(&mut self) {
+        for i in 0..self.users.len() {
+            self.ping(i).await;
+        }
+    }
+
+    /// `changes` random users act: an online user pings again or goes offline, an offline
+    /// one comes back.
+    pub async fn round(&mut self, rng: &mut Rng, changes: usize) {
+        for _ in 0..changes {
+            let i = rng.below(self.users.len() as u64) as usize;
+            if self.online[i] && rng.chance(0.5) {
+                self.writer
+                    .record_offline(&mut self.con, &self.users[i])
+                    .await
+                    .unwrap();
+                self.online[i] = false;
+            } else {
+                self.ping(i).await;
+            }
+        }
+    }
+
+    async fn ping(&mut self, i: usize) {
+        self.writer
+            .record_ping(&mut self.con, &self.users[i])
+            .await
+            .unwrap();
+        self.online[i] = true;
+    }
+}
+
+/// The sums of `came_online` and `went_offline` over every logged run of a database.
+pub fn run_totals(db: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COALESCE(SUM(came_online), 0), COALESCE(SUM(went_offline), 0) FROM runs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Rows of the `runs` log of a database.
+pub fn run_count(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap_or(0)
+}

@@ -132,8 +132,8 @@ async fn redis_restarted_empty_keeps_the_online_set() {
         .map(|i| (format!("u{i:03}"), first[i], first[i]))
         .collect();
     assert_eq!(db.sessions(), closed);
-    for i in 0..150 {
-        let expected = (i < 10).then(|| first[i]);
+    for (i, at) in first.iter().enumerate() {
+        let expected = (i < 10).then_some(*at);
         assert_eq!(db.last_seen(&format!("u{i:03}")), expected, "u{i:03}");
     }
     let since: i64 = db

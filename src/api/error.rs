@@ -5,8 +5,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::http::header::IntoHeaderName;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -19,7 +18,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -35,13 +34,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
     /// The same error with a header added to its answer (`Retry-After`, say).
-    pub fn with_header(mut self, name: impl IntoHeaderName, value: HeaderValue) -> ApiError {
-        self.headers.insert(name, value);
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
         self
     }
 
@@ -86,7 +85,9 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        (self.status, self.headers, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 

@@ -437,6 +437,11 @@ impl Rng {
         Rng::seeded(seed)
     }
 
+    /// A generator of its own, seeded from this one (so replaying the parent replays it).
+    pub fn split(&mut self) -> Rng {
+        Rng(self.next_u64())
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

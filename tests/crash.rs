@@ -16,7 +16,7 @@ use support::{
 const KILLS: usize = 60;
 
 /// The job killed with SIGKILL at random points, again and again, while the keyspace
-/// changes: the database passes `PRAGMA integrity_check` after every kill, and after one
+/// changes under it: the database passes `PRAGMA integrity_check` after every kill, and after one
 /// clean run its last-seen rows and online set equal those of a database whose runs were
 /// never interrupted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,14 +32,18 @@ async fn killed_runs_lose_nothing() {
 
     let mut cut_short = 0;
     for round in 0..KILLS {
-        crowd.round(&mut rng, 200).await;
-        snapshot(&redis, &reference_opts).await.unwrap();
-        let child = snapshot_command(&redis, &killed.path())
+        let mut child = snapshot_command(&redis, &killed.path())
             .arg("run")
             .spawn()
             .unwrap();
         let delay = Duration::from_micros(rng.below(span_us));
-        cut_short += usize::from(kill_after(child, delay));
+        let mut changes = rng.split();
+        let ((), ()) = tokio::join!(crowd.round(&mut changes, 200), async {
+            tokio::time::sleep(delay).await;
+            child.kill().unwrap();
+        });
+        cut_short += usize::from(child.wait().unwrap().signal() == Some(9));
+        snapshot(&redis, &reference_opts).await.unwrap();
 
         assert_eq!(integrity(&killed.path()), "ok", "after kill {round}");
     }
@@ -58,13 +62,6 @@ async fn killed_runs_lose_nothing() {
         last_seen_rows(&reference.path())
     );
     assert_eq!(online_set(&killed), online_set(&reference));
-}
-
-/// Sends SIGKILL after `delay`; true when that cut the run short.
-fn kill_after(mut child: Child, delay: Duration) -> bool {
-    std::thread::sleep(delay);
-    child.kill().unwrap();
-    child.wait().unwrap().signal() == Some(9)
 }
 
 /// The online set: each user with the start of their open session. (Not the heartbeat
@@ -142,12 +139,7 @@ fn scheduler(redis: &RedisServer, db: &TestDb) -> Child {
 
 /// SIGTERM, then waits for the scheduler to finish its run; returns what it logged.
 fn stop(child: Child) -> String {
-    let pid = child.id().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::terminate(&child);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "a scheduler failed: {out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -141,11 +141,7 @@ async fn soak(duration: Duration) {
             .expect("final offline");
         truth.lock().await.insert(user, at);
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &scheduler.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::terminate(&scheduler);
     let scheduled = scheduler.wait().unwrap();
     let (code, _, stderr) = snapshot_run(&redis, &db.path(), &[]);
 

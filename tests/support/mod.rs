@@ -801,3 +801,11 @@ pub fn run_count(db: &Path) -> i64 {
     conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
         .unwrap_or(0)
 }
+
+/// Sends SIGTERM to `child`, as a service manager stopping it would.
+pub fn terminate(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a pid this test spawned and has not yet waited for.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "sending SIGTERM to {pid}");
+}

@@ -46,8 +46,8 @@ pub enum KeyAlgorithm {
 /// How tokens are checked.
 #[derive(Args, Clone, Debug, Default)]
 pub struct AuthArgs {
-    /// File holding the shared HS256 secret (a file, so the secret is not on the command
-    /// line). Surrounding whitespace is ignored.
+    /// File holding the shared HS256 secret, at least 32 bytes (a file, so the secret is
+    /// not on the command line). Surrounding whitespace is ignored.
     #[arg(
         long,
         env = "PRESENCE_JWT_SECRET_FILE",

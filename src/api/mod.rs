@@ -2,6 +2,9 @@
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it on a
 //! port of their own; [`serve`] adds the listener and graceful shutdown.
+//!
+//! [`auth`] says who is calling, [`limits`] keeps any one client from taking more than its
+//! share, and [`server`] accepts connections with a header-read timeout and a cap.
 
 pub mod auth;
 mod error;

@@ -65,6 +65,8 @@ where
         let users = users_of(keys, &batch, &mut walk);
         let more = cursor != 0;
         if users.is_empty() && !more {
+            // Nothing left to read or scan: an empty pipeline is an error to Redis.
+            on_batch(walk.keys_scanned);
             break;
         }
         let mut pipe = redis::pipe();

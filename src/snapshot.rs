@@ -113,6 +113,13 @@ where
     .await
     .map_err(|e| SnapshotError::Database(e.into()))?
     .map_err(SnapshotError::Database)?;
+    if summary.vanished_kept > 0 {
+        tracing::warn!(
+            vanished_kept = summary.vanished_kept,
+            "most of the online set vanished from Redis at once (restarted empty?); \
+             kept them for the next run"
+        );
+    }
     drop(lock);
     Ok(summary)
 }

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::status::Presence;
 use crate::time::{Millis, to_rfc3339};
@@ -59,6 +60,21 @@ fn user_from(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiErr
     UserId::parse(&raw).map_err(ApiError::invalid_user_id)
 }
 
+/// The user a write names, once the caller may act for them and the rate limit allows
+/// one more write: both checked before Redis is touched.
+fn writable_user(
+    app: &AppState,
+    caller: &Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<UserId, ApiError> {
+    let user = user_from(path)?;
+    caller.may_act_for(&user)?;
+    app.ping_limiter
+        .check(user.as_str(), std::time::Instant::now())
+        .map_err(super::limits::rate_limited)?;
+    Ok(user)
+}
+
 fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
     PresenceBody::from(Presence {
         user,
@@ -70,9 +86,10 @@ fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
 /// `POST /v1/users/{user_id}/ping`
 pub async fn ping(
     State(app): Shared,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PingBody>, ApiError> {
-    let user = user_from(path)?;
+    let user = writable_user(&app, &caller, path)?;
     let at = app
         .heartbeats
         .record_ping(&mut app.redis.clone(), &user)
@@ -87,9 +104,10 @@ pub async fn ping(
 /// `POST /v1/users/{user_id}/offline`
 pub async fn offline(
     State(app): Shared,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
-    let user = user_from(path)?;
+    let user = writable_user(&app, &caller, path)?;
     let at = app
         .heartbeats
         .record_offline(&mut app.redis.clone(), &user)
@@ -101,6 +119,7 @@ pub async fn offline(
 /// `GET /v1/users/{user_id}/presence`
 pub async fn presence(
     State(app): Shared,
+    _caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
     let user = user_from(path)?;
@@ -115,6 +134,7 @@ pub async fn presence(
 /// `POST /v1/presence/query`
 pub async fn query(
     State(app): Shared,
+    _caller: Caller,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Json<QueryBody>, ApiError> {
     let Json(request) = body?;

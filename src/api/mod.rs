@@ -4,6 +4,7 @@
 //! port of their own; [`serve`] adds the listener and graceful shutdown.
 
 mod error;
+mod openapi;
 mod routes;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use redis::aio::ConnectionManager;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
@@ -57,6 +59,9 @@ pub struct ApiArgs {
 
     #[command(flatten)]
     pub ttl: TtlArgs,
+
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 }
 
 impl ApiArgs {
@@ -124,9 +129,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence/query", post(routes::query))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .merge(crate::metrics::routes())
+        .merge(openapi::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -144,12 +152,15 @@ pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         redis = %redact_url(&args.store.redis_url),
         db = %args.store.db.display(),
+        key_prefix = %args.store.key_prefix,
         online_ttl = args.ttl.online_ttl,
         shadow_ttl = args.ttl.shadow_ttl,
+        ping_interval = args.ping_interval(),
+        max_batch = args.max_batch,
+        cors_origins = ?args.web.cors_origins,
+        shutdown_grace = args.web.shutdown_grace,
         "presence-api listening"
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(crate::schedule::shutdown_signal())
-        .await
-        .context("serving http")
+    let app = args.web.apply_cors(router(state))?;
+    crate::web::serve_until_signal(listener, app, args.web.grace()).await
 }

@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use presence::api::{self, ApiArgs, AppState};
@@ -233,6 +234,7 @@ impl TestApi {
             max_batch: api::DEFAULT_MAX_BATCH,
             store: store_args(redis, db),
             ttl,
+            web: presence::web::WebArgs::default(),
         };
         let state = Arc::new(AppState::open(&args).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,4 +349,140 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A binary of this crate running as a child process with JSON logs, every line of its
+/// standard error kept for the test to read; killed on drop.
+pub struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `bin` (a path from `env!("CARGO_BIN_EXE_…")`) with `args` and JSON logs at
+    /// `RUST_LOG` level `info` unless `env` says otherwise.
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("--log-format=json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    /// Every line written to standard error so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The log lines so far, parsed; panics on a line that is not JSON.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        let parse = |line: &String| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+        };
+        self.stderr_lines().iter().map(parse).collect()
+    }
+
+    /// Waits up to ten seconds for a log line whose message is `message` and returns its
+    /// fields; panics with the whole log if none comes.
+    pub fn wait_for_log(&mut self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let found = self.logs().into_iter().find(|l| l["fields"]["message"] == message);
+            if let Some(line) = found {
+                return line["fields"].clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before logging {message:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never logged {message:?}:\n{}", self.log_text())
+    }
+
+    /// Standard error as one string, for failure messages.
+    pub fn log_text(&self) -> String {
+        self.stderr_lines().join("\n")
+    }
+
+    /// Sends SIGTERM, as systemd does to stop a service.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; panics with its log if it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("still running after {limit:?}:\n{}", self.log_text())
+    }
+
+    /// Standard output, once the process has exited.
+    pub fn stdout(&mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut pipe) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut out).unwrap();
+        }
+        out
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `presence-api` as a process of its own on a free port, against `redis` and `db`.
+pub struct ApiProcess {
+    /// The process.
+    pub proc: Proc,
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl ApiProcess {
+    /// Starts the real binary with `extra` flags and waits until it listens.
+    pub fn start(redis_url: &str, db: &TestDb, extra: &[&str]) -> ApiProcess {
+        let db_path = db.path().display().to_string();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--redis-url", redis_url];
+        args.extend(["--db", &db_path]);
+        args.extend(extra);
+        let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_presence-api"), &args, &[]);
+        let listening = proc.wait_for_log("presence-api listening");
+        let addr = listening["listen"].as_str().unwrap().to_owned();
+        ApiProcess {
+            proc,
+            base: format!("http://{addr}"),
+        }
+    }
+}
+
+/// `presence-snapshot` with the store flags for `redis` and `db`, then `args`.
+pub fn snapshot_proc(redis: &RedisServer, db: &TestDb, args: &[&str]) -> Proc {
+    let (url, path) = (redis.url(), db.path().display().to_string());
+    let mut all = vec!["--redis-url", url.as_str(), "--db", path.as_str()];
+    all.extend(args);
+    Proc::spawn(env!("CARGO_BIN_EXE_presence-snapshot"), &all, &[])
 }

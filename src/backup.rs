@@ -12,6 +12,9 @@ use anyhow::Context;
 use rusqlite::backup::Backup;
 use rusqlite::{Connection, OpenFlags};
 
+/// How long to wait before retrying when the source is busy.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Copies the database at `db` to `target`, replacing it: the copy is written beside
 /// `target` and renamed over it, so `target` is always a whole database.
 pub fn backup(db: &Path, target: &Path, busy_timeout: Duration) -> anyhow::Result<()> {
@@ -30,7 +33,8 @@ pub fn backup(db: &Path, target: &Path, busy_timeout: Duration) -> anyhow::Resul
 
 fn copy_pages(source: &Connection, partial: &Path) -> anyhow::Result<()> {
     let mut copy = Connection::open(partial)?;
-    Backup::new(source, &mut copy)?.run_to_completion(-1, Duration::ZERO, None)?;
+    // Every page in one step; a busy source is retried after a pause.
+    Backup::new(source, &mut copy)?.run_to_completion(i32::MAX, RETRY_PAUSE, None)?;
 
     let verdict: String = copy.pragma_query_value(None, "integrity_check", |row| row.get(0))?;
     anyhow::ensure!(verdict == "ok", "the copy failed its integrity check: {verdict}");

@@ -111,8 +111,10 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     }
 }
 
-/// `GET /metrics` for any router.
+/// `GET /metrics` for any router; installs the recorder, so that what happens from here
+/// on is counted.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    recorder();
     Router::new().route("/metrics", get(render))
 }
 
@@ -192,7 +194,6 @@ pub fn record_run(summary: Option<&RunSummary>, elapsed: Duration) {
 
 /// Serves `GET /metrics` on `addr` in the background; returns the address bound.
 pub async fn serve_listener(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    recorder();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics on {addr}"))?;

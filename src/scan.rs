@@ -63,11 +63,15 @@ where
     let (mut cursor, mut batch) = scan_step(con, 0, &pattern, count).await?;
     loop {
         let users = users_of(keys, &batch, &mut walk);
+        let more = cursor != 0;
+        if users.is_empty() && !more {
+            // Nothing to read and nowhere to go: an empty pipeline is an error to Redis.
+            break;
+        }
         let mut pipe = redis::pipe();
         if !users.is_empty() {
             pipe.cmd("MGET").arg(value_keys(keys, &users));
         }
-        let more = cursor != 0;
         if more {
             pipe.cmd("SCAN")
                 .arg(cursor)

@@ -109,7 +109,7 @@ impl DevTools {
 /// Serves `examples/web/` on a port of its own; returns the origin.
 async fn serve_example() -> String {
     let page = include_str!("../examples/web/index.html");
-    let app = axum::Router::new().route("/", axum::routing::get(|| async move {
+    let app = axum::Router::new().route("/", axum::routing::get(move || async move {
         axum::response::Html(page)
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -243,7 +243,7 @@ fn sigterm_lets_the_scheduler_finish_its_run() {
     let mut job = snapshot_proc(&redis, &db, &["schedule", "--cron", "* * * * * *"]);
     job.wait_for_log("snapshot run");
     // Redis holds every command for a while, so the next run holds its lock, waiting on SCAN.
-    redis::cmd("CLIENT").arg(["PAUSE", "1500", "ALL"]).query::<()>(&mut redis.con()).unwrap();
+    redis::cmd("CLIENT").arg(&["PAUSE", "1500", "ALL"]).query::<()>(&mut redis.con()).unwrap();
     wait_for_run_in_progress(&db);
 
     job.terminate();
@@ -383,4 +383,16 @@ async fn cors_allows_only_the_named_origins() {
     assert_eq!(a.unwrap(), "https://b.test");
     assert_eq!(b.unwrap(), "https://a.test");
     assert_eq!(other, None);
+}
+
+/// A run against a Redis that holds no presence keys at all commits an empty run; it used
+/// to send Redis an empty pipeline and fail.
+#[tokio::test]
+async fn a_run_with_nobody_in_redis_succeeds() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+
+    let summary = support::snapshot(&redis, &support::snapshot_options(&db)).await;
+
+    assert_eq!(summary.unwrap().online, 0);
+    assert_eq!(count_runs(&db), 1);
 }

@@ -37,6 +37,9 @@ fn copy_pages(source: &Connection, partial: &Path) -> anyhow::Result<()> {
     Backup::new(source, &mut copy)?.run_to_completion(i32::MAX, RETRY_PAUSE, None)?;
 
     let verdict: String = copy.pragma_query_value(None, "integrity_check", |row| row.get(0))?;
-    anyhow::ensure!(verdict == "ok", "the copy failed its integrity check: {verdict}");
+    anyhow::ensure!(
+        verdict == "ok",
+        "the copy failed its integrity check: {verdict}"
+    );
     Ok(())
 }

@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::StoreArgs;
-use crate::logging::LogArgs;
 use crate::diff::VanishGuard;
 use crate::last_seen::read_record;
+use crate::logging::LogArgs;
 use crate::redis_conn::{connect_lazy, redact_url};
 use crate::scan::DEFAULT_SCAN_COUNT;
 use crate::schedule::{DEFAULT_CRON, run_schedule};
@@ -171,24 +171,7 @@ async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
             cron,
             metrics_listen,
             run,
-        } => {
-            let opts = run.options(&store)?;
-            log_start(&store, &run, Some(&cron), metrics_listen);
-            if let Some(addr) = metrics_listen {
-                crate::metrics::serve_listener(addr).await?;
-            }
-            let redis = connect_lazy(&store.redis_url)
-                .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
-            run_schedule(
-                &cron,
-                redis,
-                SnapshotOptions {
-                    progress: false,
-                    ..opts
-                },
-            )
-            .await
-        }
+        } => schedule_passes(&store, &run, &cron, metrics_listen).await,
         Command::History { limit } => {
             let runs = recent_runs(&store.db, store.busy_timeout(), limit)?;
             print!("{}", crate::report::online_sparkline(&runs));
@@ -210,14 +193,39 @@ async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
         }
         Command::Completions { shell } => {
             let mut command = SnapshotCli::command();
-            clap_complete::generate(shell, &mut command, "presence-snapshot", &mut std::io::stdout());
+            let name = command.get_name().to_owned();
+            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
             Ok(())
         }
     }
 }
 
+/// Passes on `cron` until a shutdown signal, with `/metrics` on `metrics_listen` if set.
+async fn schedule_passes(
+    store: &StoreArgs,
+    run: &RunArgs,
+    cron: &str,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let opts = SnapshotOptions {
+        progress: false,
+        ..run.options(store)?
+    };
+    log_start(store, run, Some(cron), metrics_listen);
+    if let Some(addr) = metrics_listen {
+        crate::metrics::serve_listener(addr).await?;
+    }
+    let redis = connect_lazy(&store.redis_url)
+        .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+    run_schedule(cron, redis, opts).await
+}
+
 /// One pass, its summary line on standard output, and its textfile when asked.
-async fn run_pass(store: &StoreArgs, run: &RunArgs, metrics_file: Option<&Path>) -> anyhow::Result<()> {
+async fn run_pass(
+    store: &StoreArgs,
+    run: &RunArgs,
+    metrics_file: Option<&Path>,
+) -> anyhow::Result<()> {
     let opts = run.options(store)?;
     log_start(store, run, None, None);
     let started = Instant::now();
@@ -258,7 +266,7 @@ fn log_start(store: &StoreArgs, run: &RunArgs, cron: Option<&str>, metrics: Opti
         vanish_min = run.vanish_min,
         accept_vanished = run.accept_vanished,
         cron,
-        metrics_listen = ?metrics,
+        metrics_listen = metrics.map(tracing::field::display),
         "presence-snapshot starting"
     );
 }

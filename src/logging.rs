@@ -12,7 +12,7 @@ pub enum LogFormat {
     /// Human-readable lines.
     #[default]
     Text,
-    /// One JSON object per line, fields at the top level of `fields`.
+    /// One JSON object per line: `timestamp`, `level`, `target` and the event's `fields`.
     Json,
 }
 
@@ -20,7 +20,8 @@ pub enum LogFormat {
 #[derive(Args, Clone, Debug, Default)]
 pub struct LogArgs {
     /// How to write log lines to standard error; `RUST_LOG` picks which (default `info`).
-    #[arg(long, global = true, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "PRESENCE_LOG_FORMAT", value_enum)]
+    #[arg(default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 

@@ -58,7 +58,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Snapshot run buckets, in seconds: milliseconds for a few users, minutes for millions.
-const RUN_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const RUN_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// How often histograms are drained into their buckets.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -68,14 +70,16 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The process's recorder, installed as the global one on first use.
 pub fn recorder() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
+        let http = Matcher::Full(HTTP_DURATION.into());
+        let runs = Matcher::Full(SNAPSHOT_DURATION.into());
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SNAPSHOT_DURATION.into()), RUN_BUCKETS))
+            .set_buckets_for_metric(http, LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(runs, RUN_BUCKETS))
             .expect("the bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
         if let Err(e) = metrics::set_global_recorder(recorder) {
-            tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
+            tracing::warn!(error = %e, "another metrics recorder is installed; none counted");
         }
         describe();
         spawn_upkeep(handle.clone());
@@ -84,18 +88,47 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route, method and status.");
-    describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency."
+    );
     describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being handled right now.");
     describe_counter!(REDIS_ERRORS, "Redis commands of the API that failed.");
     describe_counter!(SNAPSHOT_RUNS, "Snapshot runs, by result.");
-    describe_histogram!(SNAPSHOT_DURATION, metrics::Unit::Seconds, "Snapshot run time.");
-    describe_gauge!(SNAPSHOT_LAST_RUN, "When the latest snapshot run ended (unix seconds).");
-    describe_gauge!(SNAPSHOT_LAST_SUCCESS, "When the latest successful run ended (unix seconds).");
-    describe_gauge!(SNAPSHOT_ONLINE, "Users online as the latest successful run saw them.");
-    describe_counter!(SNAPSHOT_CAME_ONLINE, "Sessions that began, summed over runs.");
-    describe_counter!(SNAPSHOT_WENT_OFFLINE, "Sessions that ended, summed over runs.");
-    describe_counter!(SNAPSHOT_KEYS_SCANNED, "Shadow keys scanned, summed over runs.");
+    describe_histogram!(
+        SNAPSHOT_DURATION,
+        metrics::Unit::Seconds,
+        "Snapshot run time."
+    );
+    describe_gauge!(
+        SNAPSHOT_LAST_RUN,
+        "When the latest snapshot run ended (unix seconds)."
+    );
+    describe_gauge!(
+        SNAPSHOT_LAST_SUCCESS,
+        "When the latest successful run ended (unix seconds)."
+    );
+    describe_gauge!(
+        SNAPSHOT_ONLINE,
+        "Users online as the latest successful run saw them."
+    );
+    describe_counter!(
+        SNAPSHOT_CAME_ONLINE,
+        "Sessions that began, summed over runs."
+    );
+    describe_counter!(
+        SNAPSHOT_WENT_OFFLINE,
+        "Sessions that ended, summed over runs."
+    );
+    describe_counter!(
+        SNAPSHOT_KEYS_SCANNED,
+        "Shadow keys scanned, summed over runs."
+    );
 }
 
 /// Histograms grow until drained; a thread of its own drains them whatever the runtime does.
@@ -106,7 +139,10 @@ fn spawn_upkeep(handle: PrometheusHandle) {
             handle.run_upkeep();
         }
     };
-    if let Err(e) = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(upkeep) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(upkeep)
+    {
         tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
     }
 }
@@ -128,7 +164,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 )]
 pub async fn render() -> Response {
     let text = recorder().render();
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 /// Middleware: counts, times and logs (at debug) every request by its matched route.
@@ -180,7 +220,11 @@ pub fn redis_error() {
 /// Records one snapshot run of the scheduler: `summary` is `None` when it failed.
 pub fn record_run(summary: Option<&RunSummary>, elapsed: Duration) {
     let now = wall_clock_ms() as f64 / 1000.0;
-    let result = if summary.is_some() { "success" } else { "failure" };
+    let result = if summary.is_some() {
+        "success"
+    } else {
+        "failure"
+    };
     counter!(SNAPSHOT_RUNS, "result" => result).increment(1);
     histogram!(SNAPSHOT_DURATION).record(elapsed.as_secs_f64());
     gauge!(SNAPSHOT_LAST_RUN).set(now);

@@ -111,7 +111,10 @@ mod tests {
 
     #[test]
     fn a_flat_history_draws_a_flat_line() {
-        assert_eq!(online_sparkline(&[run(5), run(5)]), "online ▅▅  min 5 max 5, oldest to newest\n\n");
+        assert_eq!(
+            online_sparkline(&[run(5), run(5)]),
+            "online ▅▅  min 5 max 5, oldest to newest\n\n"
+        );
         assert_eq!(online_sparkline(&[]), "");
     }
 }

@@ -29,23 +29,52 @@ pub struct RunReport<'a> {
 
 /// The report in Prometheus's text format.
 pub fn render(report: &RunReport) -> String {
-    let mut out = String::new();
     let success = u8::from(report.summary.is_some());
-    gauge(&mut out, "last_run_timestamp_seconds", "When the latest run ended (unix seconds).",
-        report.ended_ms as f64 / 1000.0);
-    gauge(&mut out, "last_run_duration_seconds", "How long the latest run took.",
-        report.elapsed.as_secs_f64());
-    gauge(&mut out, "last_run_success", "1 if the latest run committed, 0 if it failed.",
-        f64::from(success));
-    let Some(s) = report.summary else { return out };
-    gauge(&mut out, "last_run_online_users", "Users online as the latest run saw them.",
-        s.online as f64);
-    gauge(&mut out, "last_run_came_online_users", "Sessions the latest run saw begin.",
-        s.came_online as f64);
-    gauge(&mut out, "last_run_went_offline_users", "Sessions the latest run saw end.",
-        s.went_offline as f64);
-    gauge(&mut out, "last_run_keys_scanned", "Shadow keys the latest run scanned.",
-        s.keys_scanned as f64);
+    let mut gauges = vec![
+        (
+            "last_run_timestamp_seconds",
+            "When the latest run ended (unix seconds).",
+            report.ended_ms as f64 / 1000.0,
+        ),
+        (
+            "last_run_duration_seconds",
+            "How long the latest run took.",
+            report.elapsed.as_secs_f64(),
+        ),
+        (
+            "last_run_success",
+            "1 if the latest run committed, 0 if it failed.",
+            f64::from(success),
+        ),
+    ];
+    if let Some(s) = report.summary {
+        gauges.extend([
+            (
+                "last_run_online_users",
+                "Users online as the latest run saw them.",
+                s.online as f64,
+            ),
+            (
+                "last_run_came_online_users",
+                "Sessions the latest run saw begin.",
+                s.came_online as f64,
+            ),
+            (
+                "last_run_went_offline_users",
+                "Sessions the latest run saw end.",
+                s.went_offline as f64,
+            ),
+            (
+                "last_run_keys_scanned",
+                "Shadow keys the latest run scanned.",
+                s.keys_scanned as f64,
+            ),
+        ]);
+    }
+    let mut out = String::new();
+    for (name, help, value) in gauges {
+        gauge(&mut out, name, help, value);
+    }
     out
 }
 

@@ -22,12 +22,17 @@ pub struct WebArgs {
     /// Origins whose pages may call the API from a browser (`https://app.example.com`);
     /// repeat the flag or separate with commas. None by default: browsers then refuse to
     /// let pages of other origins read the answers.
-    #[arg(long = "cors-origin", env = "PRESENCE_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "PRESENCE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Seconds in-flight requests get to finish after SIGINT or SIGTERM before the
     /// process exits anyway.
-    #[arg(long, env = "PRESENCE_SHUTDOWN_GRACE", default_value_t = crate::api::SHUTDOWN_GRACE.as_secs())]
+    #[arg(long, env = "PRESENCE_SHUTDOWN_GRACE")]
+    #[arg(default_value_t = crate::api::SHUTDOWN_GRACE.as_secs())]
     pub shutdown_grace: u64,
 }
 
@@ -90,7 +95,10 @@ pub async fn serve_until_signal(
     let notify = Arc::clone(&signalled);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         crate::schedule::shutdown_signal().await;
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down; draining requests");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down; draining requests"
+        );
         notify.notify_one();
     });
     let deadline = async {

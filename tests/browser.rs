@@ -27,8 +27,15 @@ impl Chromium {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new("chromium")
             .args(["--headless", "--no-sandbox", "--disable-gpu"])
-            .args(["--disable-background-networking", "--disable-component-update"])
-            .args(["--disable-sync", "--no-first-run", "--remote-debugging-port=0"])
+            .args([
+                "--disable-background-networking",
+                "--disable-component-update",
+            ])
+            .args([
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
@@ -93,9 +100,14 @@ impl DevTools {
         if let Some(session) = session {
             command["sessionId"] = session.clone();
         }
-        self.ws.send(Message::text(command.to_string())).await.unwrap();
+        self.ws
+            .send(Message::text(command.to_string()))
+            .await
+            .unwrap();
         while let Some(message) = self.ws.next().await {
-            let Ok(Message::Text(text)) = message else { continue };
+            let Ok(Message::Text(text)) = message else {
+                continue;
+            };
             let answer: Value = serde_json::from_str(&text).unwrap();
             if answer["id"] == id {
                 assert!(answer["error"].is_null(), "{method} failed: {answer}");
@@ -109,9 +121,10 @@ impl DevTools {
 /// Serves `examples/web/` on a port of its own; returns the origin.
 async fn serve_example() -> String {
     let page = include_str!("../examples/web/index.html");
-    let app = axum::Router::new().route("/", axum::routing::get(move || async move {
-        axum::response::Html(page)
-    }));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(page) }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -127,8 +140,13 @@ async fn presence_of(api: &str, user: &str) -> Value {
 async fn page_state(devtools: &mut DevTools, session: &Value) -> String {
     let script = json!({"expression": "document.getElementById('state').textContent",
         "returnByValue": true});
-    let result = devtools.call_in(Some(session), "Runtime.evaluate", script).await;
-    result["result"]["value"].as_str().unwrap_or_default().to_owned()
+    let result = devtools
+        .call_in(Some(session), "Runtime.evaluate", script)
+        .await;
+    result["result"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn redis_now_ms(redis: &RedisServer) -> i64 {
@@ -147,7 +165,9 @@ async fn the_web_client_goes_online_and_offline_with_its_page() {
     let mut devtools = DevTools::connect(&browser.devtools).await;
     let page = format!("{origin}/?api={}&user=ann", api.base);
 
-    let tab = devtools.call("Target.createTarget", json!({"url": page})).await;
+    let tab = devtools
+        .call("Target.createTarget", json!({"url": page}))
+        .await;
     let attach = json!({"targetId": tab["targetId"], "flatten": true});
     let session = devtools.call("Target.attachToTarget", attach).await["sessionId"].clone();
     let mut shown = String::new();
@@ -170,9 +190,15 @@ async fn the_web_client_goes_online_and_offline_with_its_page() {
     let after_offline = redis_now_ms(&redis);
 
     let read = presence_of(&api.base, "ann").await;
-    assert!(shown.starts_with("online (last seen"), "the page shows {shown:?}");
+    assert!(
+        shown.starts_with("online (last seen"),
+        "the page shows {shown:?}"
+    );
     assert!(online, "the page never pinged:\n{}", api.proc.log_text());
     assert!(offline, "closing the page never sent the offline call");
     let last_seen = ms(&read["last_seen"]);
-    assert!(before_close <= last_seen && last_seen <= after_offline, "{read}");
+    assert!(
+        before_close <= last_seen && last_seen <= after_offline,
+        "{read}"
+    );
 }

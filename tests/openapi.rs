@@ -58,7 +58,11 @@ fn document() -> Value {
 /// The error statuses each route documents.
 fn error_statuses(operation: &Value) -> Vec<&str> {
     let responses = operation["responses"].as_object().unwrap();
-    responses.keys().map(String::as_str).filter(|s| s.starts_with(['4', '5'])).collect()
+    responses
+        .keys()
+        .map(String::as_str)
+        .filter(|s| s.starts_with(['4', '5']))
+        .collect()
 }
 
 /// Every route of the router is in the document.
@@ -71,7 +75,10 @@ fn every_route_is_documented() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(routes.len() >= 8, "too few routes found: {routes:?}");
     for (path, method) in &routes {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
     }
 }
 
@@ -83,7 +90,11 @@ fn every_route_documents_its_errors() {
         ("/v1/users/{user_id}/ping", "post", vec!["400", "503"]),
         ("/v1/users/{user_id}/offline", "post", vec!["400", "503"]),
         ("/v1/users/{user_id}/presence", "get", vec!["400", "503"]),
-        ("/v1/presence/query", "post", vec!["400", "413", "415", "503"]),
+        (
+            "/v1/presence/query",
+            "post",
+            vec!["400", "413", "415", "503"],
+        ),
         ("/readyz", "get", vec!["503"]),
         ("/healthz", "get", vec![]),
         ("/metrics", "get", vec![]),
@@ -96,11 +107,21 @@ fn every_route_documents_its_errors() {
         for status in statuses {
             let content = &operation["responses"][status]["content"]["application/json"];
             let schema = &content["schema"]["$ref"];
-            assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}");
+            assert_eq!(
+                schema, "#/components/schemas/ErrorBody",
+                "{method} {path} {status}"
+            );
         }
     }
-    let documented: BTreeSet<_> = expected.iter().map(|(p, m, _)| (p.to_string(), m.to_string())).collect();
-    assert_eq!(documented, router_routes(), "a route's errors are not listed here");
+    let documented: BTreeSet<_> = expected
+        .iter()
+        .map(|(p, m, _)| (p.to_string(), m.to_string()))
+        .collect();
+    assert_eq!(
+        documented,
+        router_routes(),
+        "a route's errors are not listed here"
+    );
 }
 
 /// The error schema is the body the API really sends: `error` and `message`, both text.
@@ -114,7 +135,12 @@ async fn the_error_schema_matches_a_real_error() {
 
     assert_eq!(status, 400);
     let sent: BTreeSet<_> = body.as_object().unwrap().keys().cloned().collect();
-    let documented: BTreeSet<_> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+    let documented: BTreeSet<_> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(sent, documented);
     assert_eq!(schema["required"], serde_json::json!(["error", "message"]));
     assert_eq!(schema["properties"]["error"]["type"], "string");
@@ -126,7 +152,9 @@ async fn the_document_is_served() {
     let (redis, db) = (RedisServer::start(), TestDb::new());
     let api = TestApi::start(&redis, &db, short_ttls(300, 1200)).await;
 
-    let (status, served) = api.send(api.http.get(format!("{}/openapi.json", api.base))).await;
+    let (status, served) = api
+        .send(api.http.get(format!("{}/openapi.json", api.base)))
+        .await;
 
     assert_eq!(status, 200);
     assert_eq!(served, document());

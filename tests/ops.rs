@@ -13,7 +13,11 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
@@ -60,12 +64,29 @@ async fn api_metrics_count_requests_by_matched_route() {
     let ping = [("route", "/v1/users/{user_id}/ping"), ("method", "POST")];
     let ok = [ping[0], ping[1], ("status", "200")];
     let bad = [ping[0], ping[1], ("status", "400")];
-    assert_eq!(sample(&text, "presence_http_requests_total", &ok), Some(2.0), "{text}");
-    assert_eq!(sample(&text, "presence_http_requests_total", &bad), Some(1.0));
+    assert_eq!(
+        sample(&text, "presence_http_requests_total", &ok),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "presence_http_requests_total", &bad),
+        Some(1.0)
+    );
     let count = sample(&text, "presence_http_request_duration_seconds_count", &ping);
     assert_eq!(count, Some(3.0));
-    assert!(sample(&text, "presence_http_request_duration_seconds_bucket", &ping).is_some());
-    assert_eq!(sample(&text, "presence_http_requests_in_flight", &[]), Some(1.0));
+    assert!(
+        sample(
+            &text,
+            "presence_http_request_duration_seconds_bucket",
+            &ping
+        )
+        .is_some()
+    );
+    assert_eq!(
+        sample(&text, "presence_http_requests_in_flight", &[]),
+        Some(1.0)
+    );
     assert!(!text.contains("ann") && !text.contains("bob"));
 }
 
@@ -87,7 +108,10 @@ async fn api_metrics_count_redis_errors() {
     assert_eq!(status, 503);
     assert_eq!(sample(&text, "presence_redis_errors_total", &[]), Some(1.0));
     let failed = [("route", "/v1/users/{user_id}/ping"), ("status", "503")];
-    assert_eq!(sample(&text, "presence_http_requests_total", &failed), Some(1.0));
+    assert_eq!(
+        sample(&text, "presence_http_requests_total", &failed),
+        Some(1.0)
+    );
 }
 
 /// With `--log-format json` every line on standard error is a JSON object, and the
@@ -113,10 +137,20 @@ async fn json_logs_parse_and_hide_the_redis_password() {
 async fn requests_are_logged_at_debug_level() {
     let (redis, db) = (RedisServer::start(), TestDb::new());
     let (url, path) = (redis.url(), db.path().display().to_string());
-    let args = ["--listen", "127.0.0.1:0", "--redis-url", &url, "--db", &path];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        &url,
+        "--db",
+        &path,
+    ];
     let env = [("RUST_LOG", "presence=debug")];
     let mut proc = support::Proc::spawn(env!("CARGO_BIN_EXE_presence-api"), &args, &env);
-    let base = format!("http://{}", proc.wait_for_log("presence-api listening")["listen"]);
+    let base = format!(
+        "http://{}",
+        proc.wait_for_log("presence-api listening")["listen"]
+    );
     let base = base.replace('"', "");
 
     reqwest::Client::new()
@@ -138,16 +172,35 @@ async fn the_scheduler_serves_its_metrics() {
     let api = TestApi::start(&redis, &db, short_ttls(300, 1200)).await;
     api.ping("ann").await;
 
-    let args = ["schedule", "--cron", "* * * * * *", "--metrics-listen", "127.0.0.1:0"];
+    let args = [
+        "schedule",
+        "--cron",
+        "* * * * * *",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
     let mut job = snapshot_proc(&redis, &db, &args);
     let addr = job.wait_for_log("serving metrics")["metrics"].clone();
     job.wait_for_log("snapshot run");
     let text = get_text(format!("http://{}/metrics", addr.as_str().unwrap())).await;
 
-    let runs = sample(&text, "presence_snapshot_runs_total", &[("result", "success")]);
+    let runs = sample(
+        &text,
+        "presence_snapshot_runs_total",
+        &[("result", "success")],
+    );
     assert!(runs >= Some(1.0), "{text}");
-    assert_eq!(sample(&text, "presence_snapshot_online_users", &[]), Some(1.0));
-    assert!(sample(&text, "presence_snapshot_last_success_timestamp_seconds", &[]) > Some(1e9));
+    assert_eq!(
+        sample(&text, "presence_snapshot_online_users", &[]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "presence_snapshot_last_success_timestamp_seconds",
+            &[]
+        ) > Some(1e9)
+    );
     assert!(sample(&text, "presence_snapshot_duration_seconds_count", &[]) >= Some(1.0));
 }
 
@@ -162,16 +215,35 @@ async fn a_run_writes_its_textfile() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("presence.prom");
 
-    let mut job = snapshot_proc(&redis, &db, &["run", "--metrics-file", file.to_str().unwrap()]);
+    let mut job = snapshot_proc(
+        &redis,
+        &db,
+        &["run", "--metrics-file", file.to_str().unwrap()],
+    );
     let status = job.wait_exit(Duration::from_secs(30));
 
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(status.success(), "{}", job.log_text());
-    assert_eq!(sample(&text, "presence_snapshot_last_run_success", &[]), Some(1.0));
-    assert_eq!(sample(&text, "presence_snapshot_last_run_online_users", &[]), Some(2.0));
-    assert_eq!(sample(&text, "presence_snapshot_last_run_came_online_users", &[]), Some(2.0));
-    assert_eq!(sample(&text, "presence_snapshot_last_run_went_offline_users", &[]), Some(0.0));
-    assert_eq!(sample(&text, "presence_snapshot_last_run_keys_scanned", &[]), Some(2.0));
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_success", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_online_users", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_came_online_users", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_went_offline_users", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_keys_scanned", &[]),
+        Some(2.0)
+    );
     assert!(sample(&text, "presence_snapshot_last_run_timestamp_seconds", &[]) > Some(1e9));
     assert!(sample(&text, "presence_snapshot_last_run_duration_seconds", &[]).is_some());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -195,9 +267,15 @@ fn a_failed_run_writes_its_textfile() {
 
     let text = std::fs::read_to_string(&file).unwrap();
     assert_eq!(status.code(), Some(3), "{}", job.log_text());
-    assert_eq!(sample(&text, "presence_snapshot_last_run_success", &[]), Some(0.0));
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_success", &[]),
+        Some(0.0)
+    );
     assert!(sample(&text, "presence_snapshot_last_run_timestamp_seconds", &[]) > Some(1e9));
-    assert_eq!(sample(&text, "presence_snapshot_last_run_online_users", &[]), None);
+    assert_eq!(
+        sample(&text, "presence_snapshot_last_run_online_users", &[]),
+        None
+    );
 }
 
 /// SIGTERM lets a request in flight finish and be answered before the API exits.
@@ -243,7 +321,10 @@ fn sigterm_lets_the_scheduler_finish_its_run() {
     let mut job = snapshot_proc(&redis, &db, &["schedule", "--cron", "* * * * * *"]);
     job.wait_for_log("snapshot run");
     // Redis holds every command for a while, so the next run holds its lock, waiting on SCAN.
-    redis::cmd("CLIENT").arg(&["PAUSE", "1500", "ALL"]).query::<()>(&mut redis.con()).unwrap();
+    redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "ALL"])
+        .query::<()>(&mut redis.con())
+        .unwrap();
     wait_for_run_in_progress(&db);
 
     job.terminate();
@@ -251,10 +332,19 @@ fn sigterm_lets_the_scheduler_finish_its_run() {
 
     let logs = job.logs();
     let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
-    let stopping = logs.iter().position(|l| message(l).starts_with("shutting down")).unwrap();
+    let stopping = logs
+        .iter()
+        .position(|l| message(l).starts_with("shutting down"))
+        .unwrap();
     let runs_logged = logs.iter().filter(|l| message(l) == "snapshot run").count();
     assert!(status.success(), "{}", job.log_text());
-    assert!(logs[stopping..].iter().any(|l| message(l) == "snapshot run"), "{}", job.log_text());
+    assert!(
+        logs[stopping..]
+            .iter()
+            .any(|l| message(l) == "snapshot run"),
+        "{}",
+        job.log_text()
+    );
     assert_eq!(count_runs(&db), runs_logged as i64);
 }
 
@@ -291,7 +381,10 @@ async fn history_draws_the_online_count_over_time() {
     let out = job.stdout();
 
     assert!(status.success(), "{}", job.log_text());
-    assert!(out.starts_with("online ▁█  min 1 max 2, oldest to newest\n"), "{out}");
+    assert!(
+        out.starts_with("online ▁█  min 1 max 2, oldest to newest\n"),
+        "{out}"
+    );
 }
 
 /// `completions bash` prints a script that knows every command and flag.
@@ -304,7 +397,13 @@ fn completions_know_every_command() {
     let script = job.stdout();
 
     assert!(status.success(), "{}", job.log_text());
-    for word in ["presence-snapshot", "history", "backup", "--metrics-file", "--log-format"] {
+    for word in [
+        "presence-snapshot",
+        "history",
+        "backup",
+        "--metrics-file",
+        "--log-format",
+    ] {
         assert!(script.contains(word), "the script lacks {word}");
     }
 }
@@ -346,7 +445,9 @@ async fn backup_copies_the_database() {
     let api = TestApi::start(&redis, &db, short_ttls(300, 1200)).await;
     api.ping("ann").await;
     api.offline("bob").await;
-    support::snapshot(&redis, &support::snapshot_options(&db)).await.unwrap();
+    support::snapshot(&redis, &support::snapshot_options(&db))
+        .await
+        .unwrap();
     let copy = TestDb::new();
 
     let target = copy.path().display().to_string();
@@ -355,7 +456,11 @@ async fn backup_copies_the_database() {
 
     assert!(status.success(), "{}", job.log_text());
     assert_eq!(copy.dump(), db.dump());
-    assert!(db.dump().contains("last_seen: Text(\"bob\")"), "{}", db.dump());
+    assert!(
+        db.dump().contains("last_seen: Text(\"bob\")"),
+        "{}",
+        db.dump()
+    );
 }
 
 /// With `--cors-origin`, pages of that origin may read the API's answers, and pages of
@@ -363,22 +468,35 @@ async fn backup_copies_the_database() {
 #[tokio::test]
 async fn cors_allows_only_the_named_origins() {
     let (redis, db) = (RedisServer::start(), TestDb::new());
-    let api = ApiProcess::start(&redis.url(), &db, &["--cors-origin", "https://a.test,https://b.test"]);
+    let api = ApiProcess::start(
+        &redis.url(),
+        &db,
+        &["--cors-origin", "https://a.test,https://b.test"],
+    );
     let http = reqwest::Client::new();
     let allowed = |origin: &'static str| {
         let request = http
-            .request(reqwest::Method::OPTIONS, format!("{}/v1/presence/query", api.base))
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/presence/query", api.base),
+            )
             .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "content-type");
         async move {
             let response = request.send().await.unwrap();
-            response.headers().get("access-control-allow-origin").cloned()
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .cloned()
         }
     };
 
-    let (a, b, other) = (allowed("https://b.test").await, allowed("https://a.test").await,
-        allowed("https://evil.test").await);
+    let (a, b, other) = (
+        allowed("https://b.test").await,
+        allowed("https://a.test").await,
+        allowed("https://evil.test").await,
+    );
 
     assert_eq!(a.unwrap(), "https://b.test");
     assert_eq!(b.unwrap(), "https://a.test");

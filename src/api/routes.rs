@@ -153,7 +153,8 @@ pub async fn presence(
     request_body = QueryRequest,
     responses(
         (status = 200, description = "every user asked, in request order", body = QueryBody),
-        (status = 400, description = "invalid_json, invalid_user_id or batch_too_large", body = ErrorBody),
+        (status = 400, body = ErrorBody,
+            description = "invalid_json, invalid_user_id or batch_too_large"),
         (status = 413, description = "body_too_large", body = ErrorBody),
         (status = 415, description = "unsupported_media_type", body = ErrorBody),
         (status = 503, description = "redis_unavailable or database_unavailable", body = ErrorBody),

@@ -399,12 +399,18 @@ impl Proc {
     pub fn wait_for_log(&mut self, message: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let found = self.logs().into_iter().find(|l| l["fields"]["message"] == message);
+            let found = self
+                .logs()
+                .into_iter()
+                .find(|l| l["fields"]["message"] == message);
             if let Some(line) = found {
                 return line["fields"].clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("exited ({status}) before logging {message:?}:\n{}", self.log_text());
+                panic!(
+                    "exited ({status}) before logging {message:?}:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         std::process::id()
     ));
     let written = std::fs::File::create(&temp).and_then(|mut file| {
+        // node_exporter runs as a user of its own and must read it, whatever the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()
     });

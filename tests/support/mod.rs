@@ -356,6 +356,7 @@ where
 pub struct Proc {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -373,12 +374,23 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (pipe, sink) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Proc { child, stderr }
+        Proc {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    /// Once the process has exited: waits until every line it wrote has been read.
+    fn drain_stderr(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
     }
 
     /// Every line written to standard error so far.
@@ -399,14 +411,14 @@ impl Proc {
     pub fn wait_for_log(&mut self, message: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            let found = self
-                .logs()
-                .into_iter()
-                .find(|l| l["fields"]["message"] == message);
-            if let Some(line) = found {
-                return line["fields"].clone();
+            let exited = self.child.try_wait().unwrap();
+            if exited.is_some() {
+                self.drain_stderr();
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(fields) = self.logged(message) {
+                return fields;
+            }
+            if let Some(status) = exited {
                 panic!(
                     "exited ({status}) before logging {message:?}:\n{}",
                     self.log_text()
@@ -415,6 +427,13 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("never logged {message:?}:\n{}", self.log_text())
+    }
+
+    /// The fields of the first log line whose message is `message`.
+    pub fn logged(&self, message: &str) -> Option<serde_json::Value> {
+        let mut lines = self.logs().into_iter();
+        let line = lines.find(|l| l["fields"]["message"] == message)?;
+        Some(line["fields"].clone())
     }
 
     /// Standard error as one string, for failure messages.

@@ -100,6 +100,7 @@ mod tests {
         }
     }
 
+    /// The history comes newest first; the sparkline reads left to right, oldest first.
     #[test]
     fn the_sparkline_runs_oldest_to_newest() {
         let newest_first = [run(70), run(0), run(10)];
@@ -109,6 +110,7 @@ mod tests {
         assert_eq!(line, "online ▂▁█  min 0 max 70, oldest to newest\n\n");
     }
 
+    /// Equal counts draw a flat middle line, not a division by zero; no runs draw nothing.
     #[test]
     fn a_flat_history_draws_a_flat_line() {
         assert_eq!(

@@ -112,6 +112,7 @@ pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A failed run reports when it ended and that it failed, and no counts it never made.
     #[test]
     fn a_failed_run_reports_no_counts() {
         let report = RunReport {

@@ -118,6 +118,7 @@ pub async fn serve_until_signal(
 mod tests {
     use super::*;
 
+    /// An origin with a path would never match a browser's `Origin` header: refused.
     #[test]
     fn origins_have_no_path() {
         assert!(parse_origin("https://app.example.com").is_ok());

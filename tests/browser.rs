@@ -26,7 +26,12 @@ impl Chromium {
     fn launch() -> Chromium {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
             .args([
                 "--disable-background-networking",
                 "--disable-component-update",

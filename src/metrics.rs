@@ -147,6 +147,14 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// `GET /metrics` for the API, its Redis error counter shown at zero from the start so
+/// that alerts on its rate see a series before the first failure.
+pub fn api_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    let routes = routes();
+    counter!(REDIS_ERRORS).absolute(0);
+    routes
+}
+
 /// `GET /metrics` for any router; installs the recorder, so that what happens from here
 /// on is counted.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -158,6 +166,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 #[utoipa::path(
     get,
     path = "/metrics",
+    summary = "Every metric of this process, in Prometheus's text format",
     tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String,
         content_type = "text/plain; version=0.0.4"))
@@ -242,8 +251,12 @@ pub async fn serve_listener(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         .await
         .with_context(|| format!("listening for metrics on {addr}"))?;
     let bound = listener.local_addr()?;
+    let app = routes::<()>();
+    // Both results shown at zero from the start, for alerts that divide one by the other.
+    counter!(SNAPSHOT_RUNS, "result" => "success").absolute(0);
+    counter!(SNAPSHOT_RUNS, "result" => "failure").absolute(0);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, routes::<()>()).await {
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics listener stopped");
         }
     });

@@ -187,12 +187,9 @@ async fn the_scheduler_serves_its_metrics() {
     job.wait_for_log("snapshot run");
     let text = get_text(format!("http://{}/metrics", addr.as_str().unwrap())).await;
 
-    let runs = sample(
-        &text,
-        "presence_snapshot_runs_total",
-        &[("result", "success")],
-    );
-    assert!(runs >= Some(1.0), "{text}");
+    let runs = |result| sample(&text, "presence_snapshot_runs_total", &[("result", result)]);
+    assert!(runs("success") >= Some(1.0), "{text}");
+    assert_eq!(runs("failure"), Some(0.0));
     assert_eq!(
         sample(&text, "presence_snapshot_online_users", &[]),
         Some(1.0)

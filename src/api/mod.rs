@@ -129,7 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence/query", post(routes::query))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .merge(crate::metrics::routes())
+        .merge(crate::metrics::api_routes())
         .merge(openapi::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

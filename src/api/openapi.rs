@@ -44,6 +44,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    summary = "This document",
     tag = "operations",
     responses((status = 200, description = "the OpenAPI 3.1 document", body = serde_json::Value))
 )]

@@ -75,6 +75,7 @@ fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
 #[utoipa::path(
     post,
     path = "/v1/users/{user_id}/ping",
+    summary = "Heartbeat: the user is online for the online TTL",
     params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
     responses(
         (status = 200, description = "the user is online", body = PingBody),
@@ -102,6 +103,7 @@ pub async fn ping(
 #[utoipa::path(
     post,
     path = "/v1/users/{user_id}/offline",
+    summary = "The app closed: the user is offline now, last seen now",
     params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
     responses(
         (status = 200, description = "the user is offline, last seen now", body = PresenceBody),
@@ -126,6 +128,7 @@ pub async fn offline(
 #[utoipa::path(
     get,
     path = "/v1/users/{user_id}/presence",
+    summary = "A user's presence: online now, and last seen",
     params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
     responses(
         (status = 200, description = "online now, and last seen", body = PresenceBody),
@@ -150,6 +153,7 @@ pub async fn presence(
 #[utoipa::path(
     post,
     path = "/v1/presence/query",
+    summary = "The presence of up to --max-batch users, in request order",
     request_body = QueryRequest,
     responses(
         (status = 200, description = "every user asked, in request order", body = QueryBody),
@@ -196,6 +200,7 @@ fn parse_batch(raw: &[String], max: usize) -> Result<Vec<UserId>, ApiError> {
 #[utoipa::path(
     get,
     path = "/healthz",
+    summary = "The process is up",
     responses(
         (status = 200, description = "the process is up", body = serde_json::Value),
     )
@@ -208,6 +213,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(
     get,
     path = "/readyz",
+    summary = "Redis and the database answer",
     responses(
         (status = 200, description = "Redis and the database answer", body = serde_json::Value),
         (status = 503, description = "redis_unavailable or database_unavailable", body = ErrorBody),

@@ -236,7 +236,11 @@ async fn run_pass(
     }
     .await;
 
-    if let Some(path) = metrics_file {
+    // A run that found the lock taken leaves the file to the run that holds it.
+    let lock_held = outcome
+        .as_ref()
+        .is_err_and(|e| exit_code(e) == EXIT_LOCK_HELD);
+    if let Some(path) = metrics_file.filter(|_| !lock_held) {
         let report = crate::textfile::RunReport {
             ended_ms: crate::time::wall_clock_ms(),
             elapsed: started.elapsed(),

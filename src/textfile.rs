@@ -4,7 +4,8 @@
 //! in a file that node_exporter's textfile collector serves. The file is written to a
 //! temporary name in the same folder and renamed over the old one: the collector reads
 //! either the previous run or this one, never half a file. A failed run writes the file
-//! too, with `presence_snapshot_last_run_success 0` and no counts.
+//! too, with `presence_snapshot_last_run_success 0` and no counts; a run that finds
+//! another run holding the lock does not, and leaves the file to that run.
 
 use std::fmt::Write as _;
 use std::io::Write as _;

@@ -515,3 +515,23 @@ async fn a_run_with_nobody_in_redis_succeeds() {
     assert_eq!(summary.unwrap().online, 0);
     assert_eq!(count_runs(&db), 1);
 }
+
+/// A run that finds another run holding the lock leaves the textfile alone: the run that
+/// holds it will write it, and a failure written now would be a false alarm.
+#[test]
+fn a_run_that_finds_the_lock_taken_leaves_the_textfile_alone() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("presence.prom");
+    let _held = presence::lock::RunLock::try_acquire(&db.path()).unwrap();
+
+    let mut job = snapshot_proc(
+        &redis,
+        &db,
+        &["run", "--metrics-file", file.to_str().unwrap()],
+    );
+    let status = job.wait_exit(Duration::from_secs(30));
+
+    assert_eq!(status.code(), Some(5), "{}", job.log_text());
+    assert!(!file.exists());
+}

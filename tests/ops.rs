@@ -139,29 +139,15 @@ async fn json_logs_parse_and_hide_the_redis_password() {
 #[tokio::test]
 async fn requests_are_logged_at_debug_level() {
     let (redis, db) = (RedisServer::start(), TestDb::new());
-    let (url, path) = (redis.url(), db.path().display().to_string());
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--redis-url",
-        &url,
-        "--db",
-        &path,
-    ];
     let env = [("RUST_LOG", "presence=debug")];
-    let mut proc = support::Proc::spawn(env!("CARGO_BIN_EXE_presence-api"), &args, &env);
-    let base = format!(
-        "http://{}",
-        proc.wait_for_log("presence-api listening")["listen"]
-    );
-    let base = base.replace('"', "");
+    let mut api = ApiProcess::start_with_env(&redis.url(), &db, &[], &env);
 
     reqwest::Client::new()
-        .post(format!("{base}/v1/users/ann/ping"))
+        .post(format!("{}/v1/users/ann/ping", api.base))
         .send()
         .await
         .unwrap();
-    let line = proc.wait_for_log("request");
+    let line = api.proc.wait_for_log("request");
 
     assert_eq!(line["route"], "/v1/users/{user_id}/ping");
     assert_eq!(line["status"], 200);

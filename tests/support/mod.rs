@@ -490,11 +490,21 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Starts the real binary with `extra` flags and waits until it listens.
     pub fn start(redis_url: &str, db: &TestDb, extra: &[&str]) -> ApiProcess {
+        ApiProcess::start_with_env(redis_url, db, extra, &[])
+    }
+
+    /// [`ApiProcess::start`] with environment variables set, `RUST_LOG` say.
+    pub fn start_with_env(
+        redis_url: &str,
+        db: &TestDb,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ApiProcess {
         let db_path = db.path().display().to_string();
         let mut args = vec!["--listen", "127.0.0.1:0", "--redis-url", redis_url];
         args.extend(["--db", &db_path]);
         args.extend(extra);
-        let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_presence-api"), &args, &[]);
+        let mut proc = Proc::spawn(env!("CARGO_BIN_EXE_presence-api"), &args, env);
         let listening = proc.wait_for_log("presence-api listening");
         let addr = listening["listen"].as_str().unwrap().to_owned();
         ApiProcess {

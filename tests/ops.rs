@@ -65,32 +65,45 @@ async fn api_metrics_count_requests_by_matched_route() {
     let text = get_text(format!("{}/metrics", api.base)).await;
 
     let ping = [("route", "/v1/users/{user_id}/ping"), ("method", "POST")];
-    let ok = [ping[0], ping[1], ("status", "200")];
-    let bad = [ping[0], ping[1], ("status", "400")];
+    let total = |status| {
+        let labels = [ping[0], ping[1], ("status", status)];
+        sample(&text, "presence_http_requests_total", &labels)
+    };
+    let timed = |suffix: &str| {
+        let name = format!("presence_http_request_duration_seconds_{suffix}");
+        sample(&text, &name, &ping)
+    };
+    assert_eq!(total("200"), Some(2.0), "{text}");
+    assert_eq!(total("400"), Some(1.0));
+    assert_eq!(timed("count"), Some(3.0));
+    assert!(timed("bucket").is_some());
+    let in_flight = sample(&text, "presence_http_requests_in_flight", &[]);
+    assert_eq!(in_flight, Some(1.0), "the /metrics request itself");
+    assert!(!text.contains("ann") && !text.contains("bob"));
+}
+
+/// A method the API does not know is labelled `other`: clients cannot make series by
+/// inventing methods.
+#[tokio::test]
+async fn invented_methods_share_one_label() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+    let api = ApiProcess::start(&redis.url(), &db, &[]);
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+
+    let http = reqwest::Client::new();
+    http.request(brew, format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    let text = get_text(format!("{}/metrics", api.base)).await;
+
+    let labels = [("method", "other"), ("status", "405")];
     assert_eq!(
-        sample(&text, "presence_http_requests_total", &ok),
-        Some(2.0),
+        sample(&text, "presence_http_requests_total", &labels),
+        Some(1.0),
         "{text}"
     );
-    assert_eq!(
-        sample(&text, "presence_http_requests_total", &bad),
-        Some(1.0)
-    );
-    let count = sample(&text, "presence_http_request_duration_seconds_count", &ping);
-    assert_eq!(count, Some(3.0));
-    assert!(
-        sample(
-            &text,
-            "presence_http_request_duration_seconds_bucket",
-            &ping
-        )
-        .is_some()
-    );
-    assert_eq!(
-        sample(&text, "presence_http_requests_in_flight", &[]),
-        Some(1.0)
-    );
-    assert!(!text.contains("ann") && !text.contains("bob"));
+    assert!(!text.contains("BREW"));
 }
 
 /// A failed Redis command is counted, and the request it failed answers 503.

@@ -11,12 +11,15 @@ use presence::api::{self, ApiArgs};
 struct Cli {
     #[command(flatten)]
     api: ApiArgs,
+
+    #[command(flatten)]
+    log: presence::logging::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    presence::logging::init("info");
+    presence::logging::init("info", cli.log.log_format);
     match api::serve(cli.api).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,9 +21,12 @@ pub struct ApiError {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer; the OpenAPI document derives its schema from here.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody<'a> {
+    /// A stable code clients branch on, like `invalid_user_id`.
     error: &'a str,
+    /// What went wrong, for people; may change.
     message: &'a str,
 }
 
@@ -51,6 +54,7 @@ impl ApiError {
 
     /// Redis did not answer; the client should retry later.
     pub fn redis_unavailable(cause: &redis::RedisError) -> ApiError {
+        crate::metrics::redis_error();
         tracing::warn!(error = %cause, "redis unavailable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -9,6 +9,7 @@
 pub mod auth;
 mod error;
 pub mod limits;
+mod openapi;
 mod routes;
 pub mod server;
 
@@ -26,6 +27,7 @@ use redis::aio::ConnectionManager;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
 use self::auth::{AuthArgs, Authenticator};
 use self::limits::{LimitArgs, PingLimiter, RequestGuard};
@@ -73,6 +75,9 @@ pub struct ApiArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 }
 
 impl ApiArgs {
@@ -154,6 +159,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence/query", post(routes::query))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .merge(crate::metrics::api_routes())
+        .merge(openapi::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -161,6 +168,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state.request_guard),
             limits::guard_request,
         ))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -178,16 +186,22 @@ pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         redis = %redact_url(&args.store.redis_url),
         db = %args.store.db.display(),
+        key_prefix = %args.store.key_prefix,
         online_ttl = args.ttl.online_ttl,
         shadow_ttl = args.ttl.shadow_ttl,
+        ping_interval = args.ping_interval(),
+        max_batch = args.max_batch,
+        cors_origins = ?args.web.cors_origins,
+        shutdown_grace = args.web.shutdown_grace,
         "presence-api listening"
     );
     let limits = server::ConnectionLimits {
         header_read_timeout: args.limits.header_read_timeout(),
         max_connections: args.limits.max_connections,
-        shutdown_grace: SHUTDOWN_GRACE,
+        shutdown_grace: args.web.grace(),
     };
+    let app = args.web.apply_cors(router(state))?;
     let shutdown = crate::schedule::shutdown_signal();
-    server::serve_connections(listener, router(state), limits, shutdown).await;
+    server::serve_connections(listener, app, limits, shutdown).await;
     Ok(())
 }

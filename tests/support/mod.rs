@@ -1,7 +1,11 @@
 //! What every integration test needs: a private `redis-server`, a fresh SQLite file, and
 //! the API served on a port of its own. Real stores only.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod logged;
+
+pub use logged::{LoggedApi, Proc, snapshot_proc};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -232,6 +236,7 @@ pub fn api_args(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> ApiArgs {
             ..auth_defaults()
         },
         limits: LimitArgs::default(),
+        web: presence::web::WebArgs::default(),
     }
 }
 

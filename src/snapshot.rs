@@ -274,7 +274,8 @@ pub fn recent_runs(
     let conn = crate::db::open_and_migrate(db, busy_timeout)?;
     let mut stmt = conn.prepare(
         "SELECT started_ms, elapsed_ms, keys_scanned, online, came_online, went_offline, \
-         rows_written, skipped_values, vanished_kept, duplicates FROM runs ORDER BY id DESC LIMIT ?1",
+         rows_written, skipped_values, vanished_kept, duplicates FROM runs \
+         ORDER BY id DESC LIMIT ?1",
     )?;
     let runs = stmt.query_map([limit as i64], |row| {
         Ok(LoggedRun {

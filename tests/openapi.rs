@@ -86,14 +86,19 @@ fn every_route_is_documented() {
 #[test]
 fn every_route_documents_its_errors() {
     let doc = document();
+    let writes = vec!["400", "401", "403", "429", "503"];
     let expected = [
-        ("/v1/users/{user_id}/ping", "post", vec!["400", "503"]),
-        ("/v1/users/{user_id}/offline", "post", vec!["400", "503"]),
-        ("/v1/users/{user_id}/presence", "get", vec!["400", "503"]),
+        ("/v1/users/{user_id}/ping", "post", writes.clone()),
+        ("/v1/users/{user_id}/offline", "post", writes),
+        (
+            "/v1/users/{user_id}/presence",
+            "get",
+            vec!["400", "401", "503"],
+        ),
         (
             "/v1/presence/query",
             "post",
-            vec!["400", "413", "415", "503"],
+            vec!["400", "401", "413", "415", "503"],
         ),
         ("/readyz", "get", vec!["503"]),
         ("/healthz", "get", vec![]),

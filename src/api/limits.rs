@@ -60,7 +60,8 @@ pub struct LimitArgs {
 
     /// Milliseconds a client has to send the headers of a request; the connection is
     /// closed after. Also closes keep-alive connections idle that long.
-    #[arg(long, env = "PRESENCE_HEADER_READ_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS)]
+    #[arg(long, env = "PRESENCE_HEADER_READ_TIMEOUT_MS")]
+    #[arg(default_value_t = DEFAULT_HEADER_READ_TIMEOUT_MS)]
     pub header_read_timeout_ms: u64,
 
     /// Requests handled at once; more get 503 `overloaded` at once.

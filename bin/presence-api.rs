@@ -19,7 +19,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    presence::logging::init("info", cli.log.log_format);
+    presence::logging::init(presence::logging::DEFAULT_FILTER, cli.log.log_format);
     match api::serve(cli.api).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

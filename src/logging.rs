@@ -1,10 +1,14 @@
 //! Log set-up shared by the binaries.
 //!
-//! Both binaries log to standard error, filtered by `RUST_LOG` (default `info`), as text
+//! Both binaries log to standard error, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]), as text
 //! for people or as one JSON object per line for a log shipper (`--log-format json`).
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
+
+/// The filter when `RUST_LOG` is unset: this crate's lifecycle lines, and only warnings
+/// from the scheduler crate, which logs its own start-up chatter at info.
+pub const DEFAULT_FILTER: &str = "info,tokio_cron_scheduler=warn";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::StoreArgs;
 use crate::diff::VanishGuard;
 use crate::last_seen::read_record;
-use crate::redis_conn::{connect_lazy, redact_url};
+use crate::redis_conn::{open_lazy, redact_url};
 use crate::scan::DEFAULT_SCAN_COUNT;
 use crate::schedule::{DEFAULT_CRON, run_schedule};
 use crate::snapshot::{RunSummary, SnapshotError, SnapshotOptions, recent_runs, run_once};
@@ -138,7 +138,7 @@ async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(run) => {
             let opts = run.options(&store)?;
-            let mut redis = connect_lazy(&store.redis_url)
+            let mut redis = open_lazy(&store.redis_url)
                 .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
             let summary = run_once(&mut redis, &opts).await?;
             println!("{}", summary_line(&summary));
@@ -146,7 +146,7 @@ async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
         }
         Command::Schedule { cron, run } => {
             let opts = run.options(&store)?;
-            let redis = connect_lazy(&store.redis_url)
+            let redis = open_lazy(&store.redis_url)
                 .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
             run_schedule(
                 &cron,

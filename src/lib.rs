@@ -14,10 +14,12 @@
 //!   run log in one SQLite transaction ([`snapshot`]), under a run lock ([`lock`]), on its
 //!   own clock if asked ([`schedule`]).
 //! - [`db`] opens the database and applies the numbered migrations from `sql/`;
-//!   [`redis_conn`] opens Redis; [`config`] holds the options both binaries share.
+//!   [`redis_conn`] opens Redis, one server or a cluster, whose primaries [`cluster`]
+//!   walks one by one; [`config`] holds the options both binaries share.
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod diff;

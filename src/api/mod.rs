@@ -15,7 +15,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use clap::Args;
-use redis::aio::ConnectionManager;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -23,7 +22,7 @@ pub use error::ApiError;
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
-use crate::redis_conn::{connect_lazy, redact_url};
+use crate::redis_conn::{RedisConn, open_lazy, redact_url};
 use crate::status::StatusReader;
 
 /// The default address the API listens on.
@@ -80,8 +79,8 @@ impl ApiArgs {
 
 /// What every request handler shares.
 pub struct AppState {
-    /// The Redis connection; cloning it shares one multiplexed connection.
-    pub redis: ConnectionManager,
+    /// The Redis connection, one server or a cluster; cloning it shares its connections.
+    pub redis: RedisConn,
     /// Writes pings and offline calls.
     pub heartbeats: HeartbeatWriter,
     /// Reads presence.
@@ -101,7 +100,7 @@ impl AppState {
         let store = &args.store;
         crate::db::open_and_migrate(&store.db, store.busy_timeout())?;
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
-        let redis = connect_lazy(&store.redis_url)
+        let redis = open_lazy(&store.redis_url)
             .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
         let keys = store.keys();
         Ok(AppState {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -208,6 +210,14 @@ pub fn short_ttls(online: u64, shadow: u64) -> TtlArgs {
 pub fn store_args(redis: &RedisServer, db: &TestDb) -> StoreArgs {
     StoreArgs {
         redis_url: redis.url(),
+        ..store_args_at(db)
+    }
+}
+
+/// Store options for `db`, with the default Redis URL.
+fn store_args_at(db: &TestDb) -> StoreArgs {
+    StoreArgs {
+        redis_url: presence::config::DEFAULT_REDIS_URL.to_owned(),
         key_prefix: PREFIX.to_owned(),
         db: db.path(),
         busy_timeout_ms: 1000,
@@ -227,11 +237,19 @@ pub struct TestApi {
 impl TestApi {
     /// Serves the API against `redis` and `db` with the given TTLs.
     pub async fn start(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> TestApi {
+        TestApi::start_at(redis.url(), db, ttl).await
+    }
+
+    /// Serves the API against the Redis at `redis_url` (one server or a cluster).
+    pub async fn start_at(redis_url: String, db: &TestDb, ttl: TtlArgs) -> TestApi {
         let args = ApiArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             ping_interval: None,
             max_batch: api::DEFAULT_MAX_BATCH,
-            store: store_args(redis, db),
+            store: StoreArgs {
+                redis_url,
+                ..store_args_at(db)
+            },
             ttl,
         };
         let state = Arc::new(AppState::open(&args).unwrap());

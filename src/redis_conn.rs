@@ -99,21 +99,20 @@ pub fn cluster_seeds(url: &str) -> redis::RedisResult<Option<Vec<String>>> {
         None => (String::new(), rest),
     };
     let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
-    if hosts.is_empty() || hosts.contains('/') || hosts.contains('?') {
+    if hosts.contains(['/', '?']) {
         return Err(invalid_cluster_url(
-            "expected redis+cluster://[[user]:password@]host:port[,host:port...] \
-             with no database number",
+            "a redis+cluster:// URL takes no database number or options",
         ));
     }
-    let seeds: Vec<String> = hosts
+    if hosts.split(',').any(str::is_empty) {
+        return Err(invalid_cluster_url(
+            "a redis+cluster:// URL lists host:port seeds separated by commas",
+        ));
+    }
+    let seeds = hosts
         .split(',')
         .map(|h| format!("redis://{auth}{h}"))
         .collect();
-    if seeds.iter().any(|s| s.ends_with('@') || s.ends_with("//")) {
-        return Err(invalid_cluster_url(
-            "a cluster URL lists an empty seed node",
-        ));
-    }
     Ok(Some(seeds))
 }
 
@@ -232,6 +231,30 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cluster_seeds_with_their_credentials() {
+        let seeds = cluster_seeds("redis+cluster://:pw@h1:7000,h2:7001").unwrap();
+        assert_eq!(
+            seeds,
+            Some(vec![
+                "redis://:pw@h1:7000".to_owned(),
+                "redis://:pw@h2:7001".to_owned()
+            ])
+        );
+        assert_eq!(
+            cluster_seeds("redis+cluster://h1:7000/").unwrap(),
+            Some(vec!["redis://h1:7000".to_owned()])
+        );
+        assert_eq!(cluster_seeds("redis://h1:7000").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_cluster_urls_without_seeds_or_with_a_database() {
+        assert!(cluster_seeds("redis+cluster://").is_err());
+        assert!(cluster_seeds("redis+cluster://h1:7000,,h2:7001").is_err());
+        assert!(cluster_seeds("redis+cluster://h1:7000/2").is_err());
+    }
 
     #[test]
     fn hides_passwords() {

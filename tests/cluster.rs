@@ -85,6 +85,34 @@ async fn silence_goes_offline_with_exact_last_seen() {
     assert_eq!(ms(&read["last_seen"]), ms(&pinged["last_seen"]));
 }
 
+/// When the primary of a user's keys dies, the API answers 503 rather than hanging, and
+/// serves that user again by itself once a replica took over, with last-seen intact.
+#[tokio::test]
+async fn api_serves_again_after_a_failover() {
+    let (cluster, db) = (RedisCluster::start_with_replicas(), TestDb::new());
+    let api = TestApi::start_at(cluster.url(), &db, short_ttls(300, 1200)).await;
+    let (_, first) = api.ping("ann").await;
+    cluster.wait_replicated();
+
+    cluster.kill(cluster.primary_of("presence:on:{ann}"));
+    let back = eventually(Duration::from_secs(30), || async {
+        let (status, _) = api.ping("ann").await;
+        assert!(status == 200 || status == 503, "status {status}");
+        status == 200
+    })
+    .await;
+
+    assert!(back);
+    let (_, read) = api.presence("ann").await;
+    assert_eq!(read["online"], true);
+    assert!(ms(&read["last_seen"]) >= ms(&first["last_seen"]));
+    let (_, session) = api.offline("ann").await;
+    assert_eq!(
+        ms(&api.presence("ann").await.1["last_seen"]),
+        ms(&session["last_seen"])
+    );
+}
+
 /// The batch query answers users on every primary, strangers included, in request order.
 #[tokio::test]
 async fn batch_query_reads_users_on_every_primary() {

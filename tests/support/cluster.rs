@@ -141,6 +141,18 @@ impl RedisCluster {
         }
     }
 
+    /// The port of the primary that holds `key` now.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        self.primary_ports()
+            .into_iter()
+            .find(|&port| {
+                let owned: redis::RedisResult<i64> =
+                    redis::cmd("EXISTS").arg(key).query(&mut self.node(port));
+                owned.is_ok()
+            })
+            .unwrap_or_else(|| panic!("no primary holds {key}"))
+    }
+
     /// Kills the node on `port`, as a crash would.
     pub fn kill(&self, port: u16) {
         let node = self.nodes.iter().find(|n| n.port == port).unwrap();

@@ -15,7 +15,8 @@
 //!   own clock if asked ([`schedule`]).
 //! - [`db`] opens the database and applies the numbered migrations from `sql/`;
 //!   [`redis_conn`] opens Redis, one server or a cluster, whose primaries [`cluster`]
-//!   walks one by one; [`config`] holds the options both binaries share.
+//!   walks one by one and [`slot_map`] reads in one pipeline each; [`config`] holds the
+//!   options both binaries share.
 
 pub mod api;
 pub mod cli;
@@ -34,6 +35,7 @@ pub mod report;
 pub mod scan;
 pub mod schedule;
 pub mod shadow;
+pub mod slot_map;
 pub mod snapshot;
 pub mod status;
 pub mod time;

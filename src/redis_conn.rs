@@ -18,6 +18,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::keys::KeyLayout;
 use crate::scan::{self, Walk};
+use crate::slot_map::{ClusterConn, key_slot, mget_keys};
 
 /// How long one command may take before it fails. Long enough for a pipelined batch of
 /// a few thousand keys, short enough that a dead Redis turns into a 503 quickly.
@@ -39,15 +40,18 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster";
 pub enum RedisConn {
     /// One server, reconnecting by itself.
     Single(ConnectionManager),
-    /// A cluster: one multiplexed connection per node, routed by slot.
-    Cluster(ClusterConnection),
+    /// A cluster: one multiplexed connection per node, routed by slot. An MGET across
+    /// slots goes to each primary as one pipeline ([`ClusterConn::mget`]).
+    Cluster(ClusterConn),
 }
 
 /// Opens `url` without connecting yet: `redis://[:password@]host:port[/db]` for one
 /// server, `redis+cluster://[[user]:password@]host:port[,host:port…]` for a cluster.
 pub fn open_lazy(url: &str) -> redis::RedisResult<RedisConn> {
     match cluster_seeds(url)? {
-        Some(seeds) => Ok(RedisConn::Cluster(connect_cluster_lazy(seeds)?)),
+        Some(seeds) => Ok(RedisConn::Cluster(ClusterConn::new(connect_cluster_lazy(
+            seeds,
+        )?))),
         None => Ok(RedisConn::Single(connect_lazy(url)?)),
     }
 }
@@ -124,7 +128,10 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(con) => con.req_packed_command(cmd),
-            RedisConn::Cluster(con) => con.req_packed_command(cmd),
+            RedisConn::Cluster(con) => match mget_keys(cmd) {
+                Some(keys) if spans_slots(&keys) => Box::pin(con.mget(cmd, keys)),
+                _ => con.con.req_packed_command(cmd),
+            },
         }
     }
 
@@ -136,16 +143,24 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(con) => con.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(con) => con.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(con) => con.con.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(con) => con.get_db(),
-            RedisConn::Cluster(con) => con.get_db(),
+            RedisConn::Cluster(con) => con.con.get_db(),
         }
     }
+}
+
+/// Whether the keys of an MGET lie in more than one slot, which a cluster refuses as one
+/// command.
+fn spans_slots(keys: &[Vec<u8>]) -> bool {
+    let mut slots = keys.iter().map(|k| key_slot(k));
+    let first = slots.next();
+    slots.any(|s| Some(s) != first)
 }
 
 /// Something the snapshot can walk the shadow keys of: one server walks with one SCAN
@@ -172,7 +187,7 @@ impl ShadowSource for RedisConn {
         match self {
             RedisConn::Single(con) => scan::walk_shadows(con, keys, count, on_batch).await,
             RedisConn::Cluster(con) => {
-                crate::cluster::walk_cluster(con, keys, count, on_batch).await
+                crate::cluster::walk_cluster(&mut con.con, keys, count, on_batch).await
             }
         }
     }

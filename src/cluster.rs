@@ -270,7 +270,7 @@ async fn node_time(con: &mut ClusterConnection, node: &Primary) -> RedisResult<M
 /// Fails when the node is moving a slot in or out: its SCAN could then miss keys already
 /// moved, and the other node's SCAN could pass them before they arrive. A node shows its
 /// own migrations as `[slot->-id]` or `[slot-<-id]` on its `myself` line of CLUSTER NODES.
-async fn check_no_migration(con: &mut ClusterConnection, node: &Primary) -> RedisResult<()> {
+pub async fn check_no_migration(con: &mut ClusterConnection, node: &Primary) -> RedisResult<()> {
     let reply = con
         .route_command(
             redis::cmd("CLUSTER").arg("NODES").clone(),

@@ -65,6 +65,14 @@ async fn pings_and_reads_reach_every_primary() {
         );
     }
     assert!(keys_per_primary(&cluster).iter().all(|&n| n > 0));
+    assert_eq!(ready(&api).await, 200);
+}
+
+/// The status of `GET /readyz`.
+async fn ready(api: &TestApi) -> u16 {
+    api.send(api.http.get(format!("{}/readyz", api.base)))
+        .await
+        .0
 }
 
 /// On a cluster too, a user whose pings stop goes offline by themselves and keeps the
@@ -107,6 +115,7 @@ async fn api_serves_again_after_a_failover() {
     .await;
 
     assert!(back);
+    assert_eq!(ready(&api).await, 200);
     let (_, read) = api.presence("ann").await;
     assert_eq!(read["online"], true);
     assert!(ms(&read["last_seen"]) >= ms(&first["last_seen"]));

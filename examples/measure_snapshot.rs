@@ -1,6 +1,9 @@
 //! Measures the snapshot against a Redis or Redis Cluster of your own: seeds users with
-//! real pings, then times the walk alone, a run in which everyone came online, and a run
-//! in which everyone went offline. The figures in `docs/capacity.md` come from it.
+//! real pings, then times the walk alone (with the CPU it cost the job and Redis), a run in
+//! which everyone came online, and a run in which everyone went offline, each followed by
+//! a run with nothing to write; the difference in this process's CPU time is what the
+//! database writes cost. The
+//! figures in `docs/capacity.md` come from it.
 //!
 //! ```sh
 //! cargo run --release --example measure_snapshot -- redis://127.0.0.1:6390 200000
@@ -17,7 +20,7 @@ use presence::diff::VanishGuard;
 use presence::heartbeat::HeartbeatWriter;
 use presence::keys::KeyLayout;
 use presence::redis_conn::{RedisConn, ShadowSource, open_lazy};
-use presence::snapshot::{SnapshotOptions, run_once};
+use presence::snapshot::{RunSummary, SnapshotOptions, run_once};
 use presence::user::UserId;
 
 /// Pings in flight at once while seeding.
@@ -40,27 +43,47 @@ async fn main() -> anyhow::Result<()> {
 
     let seeded = timed(seed(&redis, &writer, users, false)).await?;
     report("seed (pings)", users, seeded);
+    let cpu_before = (own_cpu()?, redis_cpu(&mut redis).await?);
     let walked = Instant::now();
     let walk = redis.walk_shadows(&keys, 1000, |_| {}).await?;
     report("walk", walk.observations.len(), walked.elapsed());
+    let job_cpu = own_cpu()? - cpu_before.0;
+    let redis_used = redis_cpu(&mut redis).await? - cpu_before.1;
+    println!("walk CPU: job {job_cpu:.2} s, redis (all nodes) {redis_used:.2} s");
 
     let dir = tempfile::tempdir()?;
     let opts = options(dir.path().join("measure.db"), keys);
-    let first = run_once(&mut redis, &opts).await?;
-    report(
-        "run, all came online",
-        first.came_online as usize,
-        ms(first.elapsed_ms),
-    );
+    let (first, first_cpu) = run(&mut redis, &opts, "run, all came online").await?;
+    let (_, steady_cpu) = run(&mut redis, &opts, "run, no change").await?;
     let offline = timed(seed(&redis, &writer, users, true)).await?;
     report("offline calls", users, offline);
-    let second = run_once(&mut redis, &opts).await?;
-    report(
-        "run, all went offline",
-        second.went_offline as usize,
-        ms(second.elapsed_ms),
+    let (second, second_cpu) = run(&mut redis, &opts, "run, all went offline").await?;
+    let (_, after_cpu) = run(&mut redis, &opts, "run, no change").await?;
+    let came = first_cpu - steady_cpu;
+    let went = second_cpu - after_cpu;
+    println!(
+        "database writes: {came:.2} CPU-s for {} came online",
+        first.came_online
+    );
+    println!(
+        "database writes: {went:.2} CPU-s for {} went offline",
+        second.went_offline
     );
     Ok(())
+}
+
+/// One run, reported with its wall time and the CPU seconds it cost this process.
+async fn run(
+    redis: &mut RedisConn,
+    opts: &SnapshotOptions,
+    what: &str,
+) -> anyhow::Result<(RunSummary, f64)> {
+    let cpu = own_cpu()?;
+    let summary = run_once(redis, opts).await?;
+    let cpu = own_cpu()? - cpu;
+    report(what, summary.keys_scanned as usize, ms(summary.elapsed_ms));
+    println!("{:<24} {cpu:.2} CPU-s in this process", "");
+    Ok((summary, cpu))
 }
 
 /// Pings (or takes offline) `users` users, `IN_FLIGHT` at a time.
@@ -104,6 +127,39 @@ fn options(db: std::path::PathBuf, keys: KeyLayout) -> SnapshotOptions {
         full: false,
         progress: false,
     }
+}
+
+/// CPU seconds this process has used, from `/proc/self/stat` (Linux).
+fn own_cpu() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split(' ')
+        .collect();
+    let ticks: f64 = fields[12].parse::<f64>()? + fields[13].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// CPU seconds Redis has used (summed over every node of a cluster), from `INFO cpu`.
+async fn redis_cpu(redis: &mut RedisConn) -> anyhow::Result<f64> {
+    let reply: redis::Value = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
+    let texts: Vec<String> = match reply {
+        redis::Value::Map(nodes) => nodes
+            .into_iter()
+            .map(|(_, info)| redis::from_redis_value(info))
+            .collect::<Result<_, _>>()?,
+        other => vec![redis::from_redis_value(other)?],
+    };
+    let mut total = 0.0;
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        if let Some((name, value)) = line.trim().split_once(':')
+            && (name == "used_cpu_sys" || name == "used_cpu_user")
+        {
+            total += value.parse::<f64>()?;
+        }
+    }
+    Ok(total)
 }
 
 /// How long `work` took.

@@ -203,7 +203,8 @@ impl<F: FnMut(u64)> Progress<F> {
 }
 
 /// Walks one primary: SCAN on that node, and one MGET per user found, pipelined with the
-/// next SCAN. Fails if the node has a slot migrating in or out at the start or the end.
+/// next SCAN. Fails unless the node serves the same slots, with none migrating, at both
+/// the start and the end ([`check_node_serves`]).
 async fn walk_node(
     mut con: ClusterConnection,
     node: &Primary,
@@ -215,7 +216,7 @@ async fn walk_node(
         started: node_time(&mut con, node).await?,
         ..Walk::default()
     };
-    check_no_migration(&mut con, node).await?;
+    check_node_serves(&mut con, node).await?;
     let pattern = keys.shadow_pattern();
     let mut scan = Some(scan_cmd(0, &pattern, count));
     let mut users: Vec<Box<str>> = Vec::new();
@@ -244,7 +245,7 @@ async fn walk_node(
             scan = (cursor != 0).then(|| scan_cmd(cursor, &pattern, count));
         }
     }
-    check_no_migration(&mut con, node).await?;
+    check_node_serves(&mut con, node).await?;
     Ok(walk)
 }
 
@@ -267,10 +268,12 @@ async fn node_time(con: &mut ClusterConnection, node: &Primary) -> RedisResult<M
     Ok(secs * 1000 + micros / 1000)
 }
 
-/// Fails when the node is moving a slot in or out: its SCAN could then miss keys already
-/// moved, and the other node's SCAN could pass them before they arrive. A node shows its
-/// own migrations as `[slot->-id]` or `[slot-<-id]` on its `myself` line of CLUSTER NODES.
-pub async fn check_no_migration(con: &mut ClusterConnection, node: &Primary) -> RedisResult<()> {
+/// Fails unless the node, by its own account, is a primary serving exactly the slots it
+/// is walked for, with none moving in or out. A slot in migration could have keys the
+/// node's SCAN misses because they already moved, and that the other node's SCAN passed
+/// before they arrived. The node's own line of CLUSTER NODES (`myself`) carries its role,
+/// its slot ranges, and its migrations as `[slot->-id]` or `[slot-<-id]`.
+pub async fn check_node_serves(con: &mut ClusterConnection, node: &Primary) -> RedisResult<()> {
     let reply = con
         .route_command(
             redis::cmd("CLUSTER").arg("NODES").clone(),
@@ -278,12 +281,34 @@ pub async fn check_no_migration(con: &mut ClusterConnection, node: &Primary) -> 
         )
         .await?;
     let text: String = redis::from_redis_value(reply)?;
-    let myself = text.lines().find(|line| line.contains("myself"));
-    match myself {
-        Some(line) if !line.contains('[') => Ok(()),
-        Some(_) => Err(unexpected("a slot is migrating to or from the node")),
-        None => Err(unexpected("CLUSTER NODES without the node itself")),
+    let Some(myself) = text.lines().find(|line| line.contains("myself")) else {
+        return Err(unexpected("CLUSTER NODES without the node itself"));
+    };
+    let fields: Vec<&str> = myself.split_whitespace().collect();
+    if fields.len() < 8 || !fields[2].split(',').any(|flag| flag == "master") {
+        return Err(unexpected("the node is no longer a primary"));
     }
+    if fields[8..].iter().any(|f| f.starts_with('[')) {
+        return Err(unexpected("a slot is migrating to or from the node"));
+    }
+    if own_slots(&fields[8..])? != node.slots {
+        return Err(unexpected("the node's slots changed"));
+    }
+    Ok(())
+}
+
+/// Slot ranges as CLUSTER NODES writes them (`0-5460`, or `5461` alone), sorted.
+fn own_slots(fields: &[&str]) -> RedisResult<Vec<(u16, u16)>> {
+    let mut slots = Vec::with_capacity(fields.len());
+    for field in fields {
+        let (start, end) = field.split_once('-').unwrap_or((field, field));
+        match (start.parse(), end.parse()) {
+            (Ok(start), Ok(end)) => slots.push((start, end)),
+            _ => return Err(unexpected("a slot range CLUSTER NODES did not write")),
+        }
+    }
+    slots.sort_unstable();
+    Ok(slots)
 }
 
 fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<Box<str>> {

@@ -159,7 +159,7 @@ async fn batch_query_reads_users_on_every_primary() {
 }
 
 /// A batch query sends each primary its share as one pipeline: a thousand users cost each
-/// primary a read or two of requests, not one per user.
+/// primary a few reads of requests, not one per user.
 #[tokio::test]
 async fn batch_query_sends_each_primary_one_pipeline() {
     let (cluster, db) = (RedisCluster::start(), TestDb::new());
@@ -178,8 +178,9 @@ async fn batch_query_sends_each_primary_one_pipeline() {
     let after = reads_processed(&mut nodes);
     assert_eq!(status, 200);
     for (b, a) in before.iter().zip(&after) {
-        // One read is the INFO that measures it; 333 unpipelined MGETs would be hundreds.
-        assert!(a - b <= 4, "a primary read {} times", a - b);
+        // One read is the INFO that measures it, and a pipeline of 20 KB may take a few
+        // more; 333 MGETs sent one by one take dozens to hundreds.
+        assert!(a - b <= 6, "a primary read {} times", a - b);
     }
 }
 

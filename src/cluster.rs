@@ -7,8 +7,8 @@
 //! reads one MGET per user (both keys share the user's hash tag, so one slot), all in one
 //! pipeline with the next SCAN: still one round trip per batch and node.
 //!
-//! A node's walk counts only if the node owned the same slots before and after it, and had
-//! no slot migrating in or out at either end. A primary that dies mid-walk, a failover
+//! A node's walk counts only if the slot map showed it serving the same slots before and
+//! after, and the node itself said so at both ends, with no slot migrating in or out. A primary that dies mid-walk, a failover
 //! that moves its slots to a replica, or a slot moved to another node therefore makes the
 //! walk of the nodes involved fail; the walk reads the slot map again and walks those
 //! slots' current owners, until [`FAILOVER_WAIT`] runs out and the whole walk fails. It

@@ -8,12 +8,12 @@
 //! pipeline with the next SCAN: still one round trip per batch and node.
 //!
 //! A node's walk counts only if the slot map showed it serving the same slots before and
-//! after, and the node itself said so at both ends, with no slot migrating in or out. A primary that dies mid-walk, a failover
-//! that moves its slots to a replica, or a slot moved to another node therefore makes the
-//! walk of the nodes involved fail; the walk reads the slot map again and walks those
-//! slots' current owners, until [`FAILOVER_WAIT`] runs out and the whole walk fails. It
-//! never returns with a slot unread, so no user is taken for offline because their node
-//! could not be read.
+//! after, and the node itself said so at both ends, with no slot migrating in or out. A
+//! primary that dies mid-walk, a failover that moves its slots to a replica, or a slot
+//! moved to another node therefore makes the walk of the nodes involved fail; the walk
+//! reads the slot map again and walks those slots' current owners, until
+//! [`FAILOVER_WAIT`] runs out and the whole walk fails. It never returns with a slot
+//! unread, so no user is taken for offline because their node could not be read.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

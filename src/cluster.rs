@@ -319,7 +319,8 @@ fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<Box<str
             Some(user) => users.push(user.into()),
             None => {
                 walk.skipped_values += 1;
-                tracing::warn!(key = %String::from_utf8_lossy(key), "skipping a key this service did not write");
+                let key = String::from_utf8_lossy(key);
+                tracing::warn!(%key, "skipping a key this service did not write");
             }
         }
     }

@@ -3,8 +3,9 @@
 //! `redis://…` opens one server through a [`ConnectionManager`]; `redis+cluster://…` opens
 //! a cluster through redis-rs's cluster client, which follows the slot map, MOVED and ASK
 //! redirects and failovers by itself. [`RedisConn`] wraps either, so the ping path and the
-//! status reads run unchanged on both. What a cluster does differently, the snapshot's
-//! walk over every primary, goes through [`ShadowSource`].
+//! status reads run unchanged on both. What a cluster does differently goes through two
+//! seams: an MGET across slots is sent to each primary as one pipeline
+//! ([`crate::slot_map`]), and the snapshot walks every primary ([`ShadowSource`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,9 +50,10 @@ pub enum RedisConn {
 /// server, `redis+cluster://[[user]:password@]host:port[,host:port…]` for a cluster.
 pub fn open_lazy(url: &str) -> redis::RedisResult<RedisConn> {
     match cluster_seeds(url)? {
-        Some(seeds) => Ok(RedisConn::Cluster(ClusterConn::new(connect_cluster_lazy(
-            seeds,
-        )?))),
+        Some(seeds) => {
+            let cluster = connect_cluster_lazy(seeds)?;
+            Ok(RedisConn::Cluster(ClusterConn::new(cluster)))
+        }
         None => Ok(RedisConn::Single(connect_lazy(url)?)),
     }
 }

@@ -27,7 +27,8 @@ pub fn rows(sizes: &[SizeResult], headline: &SizeResult, plain_bytes: f64) -> Ve
 }
 
 fn headline_rows(h: &SizeResult) -> Vec<String> {
-    let (wall, floor) = (h.timed.wall.as_secs_f64(), h.floor.as_secs_f64());
+    let (wall, floor) = (h.timed.wall.as_secs_f64(), h.floor().as_secs_f64());
+    let [before, after] = h.floor.map(|f| f.as_secs_f64());
     let rss = h.timed.peak_rss_kb * 1024;
     vec![
         row(
@@ -36,7 +37,7 @@ fn headline_rows(h: &SizeResult) -> Vec<String> {
                 count(h.users)
             ),
             &format!("{wall:.2} s"),
-            &format!("Lua floor {floor:.2} s"),
+            &format!("Lua floor {floor:.2} s ({before:.2} before, {after:.2} after)"),
             &format!("{:.2}x", wall / floor),
             "≤ 2x",
             verdict(wall <= 2.0 * floor),
@@ -66,7 +67,7 @@ fn headline_rows(h: &SizeResult) -> Vec<String> {
 
 fn per_key_row(s: &SizeResult, headline: &SizeResult) -> String {
     let per_key = |r: &SizeResult| r.timed.wall.as_secs_f64() * 1e6 / r.timed.keys_scanned as f64;
-    let floor_per_key = s.floor.as_secs_f64() * 1e6 / s.timed.keys_scanned as f64;
+    let floor_per_key = s.floor().as_secs_f64() * 1e6 / s.timed.keys_scanned as f64;
     let ratio = per_key(s) / per_key(headline);
     row(
         &format!("4. snapshot time per key, {} online", count(s.users)),

@@ -1,6 +1,7 @@
 //! The snapshot scenarios: seed a population, run the job to settle it, churn, then time
 //! the next run beside the floor and check every row it wrote.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use presence::keys::KeyLayout;
@@ -22,10 +23,12 @@ pub struct SizeResult {
     pub users: usize,
     /// Redis `used_memory` growth per seeded user.
     pub bytes_per_user: f64,
-    /// The timed run, after 2% went offline and 2% came online.
+    /// The timed run, after 2% went offline and 2% came online (the median of
+    /// [`rounds`] such runs).
     pub timed: JobRun,
-    /// The floor walk's time just before it.
-    pub floor: Duration,
+    /// The floor walk's time just before and just after it: the machine's load drifts, so
+    /// their mean is the fairer comparison.
+    pub floor: [Duration; 2],
     /// The rows after the timed run against the truth.
     pub check: Check,
     /// Further runs at other churn shares, each with its rows checked.
@@ -51,9 +54,11 @@ pub fn run_size(
     eprintln!("seeded {users} users; first run");
     job.run(&db)?;
 
-    churn(con, &mut population, 0.02)?;
-    let (floor, _) = job.floor(con, &keys)?;
-    let timed = job.run(&db)?;
+    let mut rounds: Vec<Round> = (0..rounds(users))
+        .map(|_| timed_round(job, con, &mut population, &keys, &db))
+        .collect::<anyhow::Result<_>>()?;
+    rounds.sort_by_key(|r| r.timed.wall);
+    let Round { timed, floor } = rounds[rounds.len() / 2];
     let check = check_rows(&db, &population)?;
     eprintln!("{users} users: run {:?}, floor {floor:?}", timed.wall);
 
@@ -73,6 +78,37 @@ pub fn run_size(
     })
 }
 
+/// One timed run of the job between two floor walks.
+#[derive(Clone, Copy)]
+struct Round {
+    timed: JobRun,
+    floor: [Duration; 2],
+}
+
+/// Timed rounds at a size. A run of a second or less is at the mercy of a moment's load on
+/// a shared machine, so small sizes repeat and their median round counts.
+fn rounds(users: usize) -> usize {
+    (500_000 / users.max(1)).clamp(1, 5)
+}
+
+/// Churns 2% of the users, then times the job between two floor walks.
+fn timed_round(
+    job: &JobSetup,
+    con: &mut Connection,
+    population: &mut Population,
+    keys: &KeyLayout,
+    db: &Path,
+) -> anyhow::Result<Round> {
+    churn(con, population, 0.02)?;
+    let (before, _) = job.floor(con, keys)?;
+    let timed = job.run(db)?;
+    let (after, _) = job.floor(con, keys)?;
+    Ok(Round {
+        timed,
+        floor: [before, after],
+    })
+}
+
 /// Takes `share` of the online users offline and brings as many new ones online.
 fn churn(con: &mut Connection, population: &mut Population, share: f64) -> anyhow::Result<()> {
     let joining = (population.online_count() as f64 * share).round() as usize;
@@ -81,7 +117,7 @@ fn churn(con: &mut Connection, population: &mut Population, share: f64) -> anyho
     population.come_online(con, joining, now)
 }
 
-fn fresh_db(job: &JobSetup, users: usize) -> anyhow::Result<std::path::PathBuf> {
+fn fresh_db(job: &JobSetup, users: usize) -> anyhow::Result<PathBuf> {
     let db = job.db(&format!("snapshot-{users}"));
     for suffix in ["", "-wal", "-shm", ".lock"] {
         let path = format!("{}{suffix}", db.display());
@@ -123,4 +159,11 @@ pub fn plain_bytes_per_user(con: &mut Connection, users: usize) -> anyhow::Resul
     let grown = used_memory(con)? - before;
     redis::cmd("FLUSHALL").exec(con)?;
     Ok(grown as f64 / users as f64)
+}
+
+impl SizeResult {
+    /// The floor's time: the mean of the walks before and after the timed run.
+    pub fn floor(&self) -> Duration {
+        (self.floor[0] + self.floor[1]) / 2
+    }
 }

@@ -71,7 +71,12 @@ fn per_key_row(s: &SizeResult, headline: &SizeResult) -> String {
     let ratio = per_key(s) / per_key(headline);
     row(
         &format!("4. snapshot time per key, {} online", count(s.users)),
-        &format!("{:.2} µs", per_key(s)),
+        &format!(
+            "{:.2} µs (run {:.2} s, peak RSS {:.0} MB)",
+            per_key(s),
+            s.timed.wall.as_secs_f64(),
+            (s.timed.peak_rss_kb * 1024) as f64 / 1e6
+        ),
         &format!("floor {floor_per_key:.2} µs"),
         &format!("{ratio:.2}x of {}", count(headline.users)),
         "0.75–1.25x",

@@ -5,6 +5,7 @@
 --               query | POST /v1/presence/query with BENCH_BATCH ids
 -- BENCH_USERS   ids are drawn at random from 0 .. BENCH_USERS-1, written as twelve
 --               digits (the users presence-bench seeds, and redis-benchmark's keys)
+-- BENCH_TOKEN   the bearer token sent with every request
 -- BENCH_THINK_MS  when set, each connection waits this long on average between a
 --               response and its next request (wrk waits whole milliseconds, so the
 --               wait is a random mix of the two nearest)
@@ -13,6 +14,8 @@ local mode = os.getenv("BENCH_MODE") or "ping"
 local users = tonumber(os.getenv("BENCH_USERS") or "1000000")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "100")
 local think = tonumber(os.getenv("BENCH_THINK_MS") or "0")
+local authorization = "Bearer " .. (os.getenv("BENCH_TOKEN") or "")
+wrk.headers["Authorization"] = authorization
 
 local next_thread = 1
 
@@ -31,7 +34,7 @@ local queries = {}
 function init(args)
   math.randomseed(thread_no * 7919)
   if mode == "query" then
-    local headers = { ["Content-Type"] = "application/json" }
+    local headers = { ["Content-Type"] = "application/json", ["Authorization"] = authorization }
     for b = 1, 256 do
       local ids = {}
       for k = 1, batch do ids[k] = '"' .. any_user() .. '"' end

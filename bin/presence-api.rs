@@ -16,12 +16,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     api: ApiArgs,
+
+    #[command(flatten)]
+    log: presence::logging::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    presence::logging::init("info");
+    presence::logging::init(presence::logging::DEFAULT_FILTER, cli.log.log_format);
     match api::serve(cli.api).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

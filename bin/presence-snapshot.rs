@@ -8,6 +8,6 @@ use presence::cli::{self, SnapshotCli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = SnapshotCli::parse();
-    presence::logging::init("info");
+    presence::logging::init(presence::logging::DEFAULT_FILTER, args.log.log_format);
     cli::main(args).await
 }

@@ -1,14 +1,19 @@
-//! The `presence-snapshot` command line: one pass, the scheduler, and two readers.
+//! The `presence-snapshot` command line: one pass, the scheduler, readers, a backup and
+//! shell completions.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::StoreArgs;
 use crate::diff::VanishGuard;
 use crate::last_seen::read_record;
+use crate::logging::LogArgs;
 use crate::redis_conn::{connect_lazy, redact_url};
 use crate::scan::DEFAULT_SCAN_COUNT;
 use crate::schedule::{DEFAULT_CRON, run_schedule};
@@ -28,6 +33,9 @@ pub struct SnapshotCli {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    #[command(flatten)]
+    pub log: LogArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,17 +44,29 @@ pub struct SnapshotCli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// One pass: for cron, systemd timers and one-off reconciliation.
-    Run(RunArgs),
+    Run {
+        #[command(flatten)]
+        run: RunArgs,
+
+        /// Leave the run's numbers in this node_exporter textfile (`*.prom`), replaced
+        /// atomically, failed runs included.
+        #[arg(long, env = "PRESENCE_METRICS_FILE")]
+        metrics_file: Option<PathBuf>,
+    },
     /// Run passes on a cron schedule until SIGINT or SIGTERM.
     Schedule {
         /// When to run: six cron fields, seconds first, in UTC.
         #[arg(long, env = "PRESENCE_CRON", default_value = DEFAULT_CRON)]
         cron: String,
 
+        /// Serve Prometheus metrics at `GET /metrics` on this address; off when unset.
+        #[arg(long, env = "PRESENCE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Show the most recent runs.
+    /// Show the most recent runs, with the online count over time as a sparkline.
     History {
         /// How many runs to show.
         #[arg(long, default_value_t = 20)]
@@ -60,6 +80,16 @@ pub enum Command {
         /// How many online periods to show.
         #[arg(long, default_value_t = 10)]
         sessions: usize,
+    },
+    /// Copy the database, consistently, while the API and the job keep using it.
+    Backup {
+        /// Where to write the copy; an existing file is replaced.
+        path: PathBuf,
+    },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -136,30 +166,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
     let store = cli.store;
     match cli.command {
-        Command::Run(run) => {
-            let opts = run.options(&store)?;
-            let mut redis = connect_lazy(&store.redis_url)
-                .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
-            let summary = run_once(&mut redis, &opts).await?;
-            println!("{}", summary_line(&summary));
-            Ok(())
-        }
-        Command::Schedule { cron, run } => {
-            let opts = run.options(&store)?;
-            let redis = connect_lazy(&store.redis_url)
-                .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
-            run_schedule(
-                &cron,
-                redis,
-                SnapshotOptions {
-                    progress: false,
-                    ..opts
-                },
-            )
-            .await
-        }
+        Command::Run { run, metrics_file } => run_pass(&store, &run, metrics_file.as_deref()).await,
+        Command::Schedule {
+            cron,
+            metrics_listen,
+            run,
+        } => schedule_passes(&store, &run, &cron, metrics_listen).await,
         Command::History { limit } => {
             let runs = recent_runs(&store.db, store.busy_timeout(), limit)?;
+            print!("{}", crate::report::online_sparkline(&runs));
             print!("{}", crate::report::history_table(&runs));
             Ok(())
         }
@@ -171,7 +186,93 @@ async fn dispatch(cli: SnapshotCli) -> anyhow::Result<()> {
             print!("{}", crate::report::record_text(&user_id, &record));
             Ok(())
         }
+        Command::Backup { path } => {
+            crate::backup::backup(&store.db, &path, store.busy_timeout())?;
+            println!("backed up {} to {}", store.db.display(), path.display());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut command = SnapshotCli::command();
+            let name = command.get_name().to_owned();
+            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+            Ok(())
+        }
     }
+}
+
+/// Passes on `cron` until a shutdown signal, with `/metrics` on `metrics_listen` if set.
+async fn schedule_passes(
+    store: &StoreArgs,
+    run: &RunArgs,
+    cron: &str,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let opts = SnapshotOptions {
+        progress: false,
+        ..run.options(store)?
+    };
+    log_start(store, run, Some(cron), metrics_listen);
+    if let Some(addr) = metrics_listen {
+        crate::metrics::serve_listener(addr).await?;
+    }
+    let redis = connect_lazy(&store.redis_url)
+        .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+    run_schedule(cron, redis, opts).await
+}
+
+/// One pass, its summary line on standard output, and its textfile when asked.
+async fn run_pass(
+    store: &StoreArgs,
+    run: &RunArgs,
+    metrics_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let opts = run.options(store)?;
+    log_start(store, run, None, None);
+    let started = Instant::now();
+    let outcome = async {
+        let mut redis = connect_lazy(&store.redis_url)
+            .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+        anyhow::Ok(run_once(&mut redis, &opts).await?)
+    }
+    .await;
+
+    // A run that found the lock taken leaves the file to the run that holds it.
+    let lock_held = outcome
+        .as_ref()
+        .is_err_and(|e| exit_code(e) == EXIT_LOCK_HELD);
+    if let Some(path) = metrics_file.filter(|_| !lock_held) {
+        let report = crate::textfile::RunReport {
+            ended_ms: crate::time::wall_clock_ms(),
+            elapsed: started.elapsed(),
+            summary: outcome.as_ref().ok(),
+        };
+        let written = crate::textfile::write_atomically(path, &crate::textfile::render(&report));
+        match (written, &outcome) {
+            (Err(e), Ok(_)) => return Err(e.context("the run committed")),
+            (Err(e), Err(_)) => tracing::error!(error = format!("{e:#}"), "no metrics file"),
+            (Ok(()), _) => {}
+        }
+    }
+    println!("{}", summary_line(&outcome?));
+    Ok(())
+}
+
+/// The effective configuration, once, at start; the Redis password masked.
+fn log_start(store: &StoreArgs, run: &RunArgs, cron: Option<&str>, metrics: Option<SocketAddr>) {
+    tracing::info!(
+        redis = %redact_url(&store.redis_url),
+        db = %store.db.display(),
+        key_prefix = %store.key_prefix,
+        busy_timeout_ms = store.busy_timeout_ms,
+        scan_count = run.scan_count,
+        full = run.full,
+        vanish_share = run.vanish_share,
+        vanish_min = run.vanish_min,
+        accept_vanished = run.accept_vanished,
+        cron,
+        metrics_listen = metrics.map(tracing::field::display),
+        "presence-snapshot starting"
+    );
 }
 
 /// The one line a pass prints: what cron mails, what a person reads.

@@ -41,7 +41,8 @@ pub struct StoreArgs {
     pub db: PathBuf,
 
     /// How long a database statement waits for another process's lock, in milliseconds.
-    #[arg(long, env = "PRESENCE_BUSY_TIMEOUT_MS", default_value_t = DEFAULT_BUSY_TIMEOUT.as_millis() as u64)]
+    #[arg(long, env = "PRESENCE_BUSY_TIMEOUT_MS")]
+    #[arg(default_value_t = DEFAULT_BUSY_TIMEOUT.as_millis() as u64)]
     pub busy_timeout_ms: u64,
 }
 

@@ -22,8 +22,10 @@ const SCRIPT_PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last, start, prev = 0, nil, ''
-local old = redis.call('GET', KEYS[2])
-if old then
+-- pcall: a shadow key of another type (not written by this service) is overwritten below
+-- rather than failing every ping of its user.
+local old = redis.pcall('GET', KEYS[2])
+if type(old) == 'string' then
   local a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$')
   if a then last = tonumber(a); start = tonumber(b); prev = c end
 end

@@ -15,8 +15,13 @@
 //!   own clock if asked ([`schedule`]).
 //! - [`db`] opens the database and applies the numbered migrations from `sql/`;
 //!   [`redis_conn`] opens Redis; [`config`] holds the options both binaries share.
+//! - Operations: [`metrics`] counts requests and runs for Prometheus, [`textfile`] leaves a
+//!   cron run's numbers for node_exporter, [`web`] adds CORS and a bounded shutdown to the
+//!   API, [`logging`] writes text or JSON logs, [`backup`] copies the database while it is
+//!   in use, and [`report`] draws the run history.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -26,6 +31,7 @@ pub mod keys;
 pub mod last_seen;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod progress;
 pub mod redis_conn;
 pub mod report;
@@ -34,5 +40,7 @@ pub mod schedule;
 pub mod shadow;
 pub mod snapshot;
 pub mod status;
+pub mod textfile;
 pub mod time;
 pub mod user;
+pub mod web;

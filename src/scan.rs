@@ -65,6 +65,8 @@ where
         let users = users_of(keys, &batch, &mut walk);
         let more = cursor != 0;
         if users.is_empty() && !more {
+            // Nothing left to read or scan: an empty pipeline is an error to Redis.
+            on_batch(walk.keys_scanned);
             break;
         }
         let mut pipe = redis::pipe();
@@ -125,7 +127,8 @@ fn users_of<'k>(keys: &KeyLayout, batch: &'k [Vec<u8>], walk: &mut Walk) -> Vec<
             Some(user) => users.push(user),
             None => {
                 walk.skipped_values += 1;
-                tracing::warn!(key = %String::from_utf8_lossy(key), "skipping a key this service did not write");
+                let key = String::from_utf8_lossy(key);
+                tracing::warn!(%key, "skipping a key this service did not write");
             }
         }
     }

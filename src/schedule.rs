@@ -60,7 +60,10 @@ fn tick_job(
                 tracing::warn!("skipping a tick: the previous run is still going");
                 return;
             };
-            match run_once(&mut redis, &opts).await {
+            let started = std::time::Instant::now();
+            let outcome = run_once(&mut redis, &opts).await;
+            crate::metrics::record_run(outcome.as_ref().ok(), started.elapsed());
+            match outcome {
                 Ok(summary) => tracing::info!(
                     online = summary.online,
                     came_online = summary.came_online,

@@ -113,6 +113,13 @@ where
     .await
     .map_err(|e| SnapshotError::Database(e.into()))?
     .map_err(SnapshotError::Database)?;
+    if summary.vanished_kept > 0 {
+        tracing::warn!(
+            vanished_kept = summary.vanished_kept,
+            "most of the online set vanished from Redis at once (restarted empty?); \
+             kept them for the next run"
+        );
+    }
     drop(lock);
     Ok(summary)
 }
@@ -267,7 +274,8 @@ pub fn recent_runs(
     let conn = crate::db::open_and_migrate(db, busy_timeout)?;
     let mut stmt = conn.prepare(
         "SELECT started_ms, elapsed_ms, keys_scanned, online, came_online, went_offline, \
-         rows_written, skipped_values, vanished_kept, duplicates FROM runs ORDER BY id DESC LIMIT ?1",
+         rows_written, skipped_values, vanished_kept, duplicates FROM runs \
+         ORDER BY id DESC LIMIT ?1",
     )?;
     let runs = stmt.query_map([limit as i64], |row| {
         Ok(LoggedRun {

@@ -39,6 +39,12 @@ enum Command {
         #[arg(long)]
         users: usize,
     },
+    /// Prints a back-end service token (the admin scope, good for an hour) signed with the
+    /// HS256 secret in `secret_file`, for the load generator.
+    Token {
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
     /// Runs the snapshot scenarios and prints their table rows.
     Snapshot {
         /// The release `presence-snapshot` binary.
@@ -64,6 +70,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Token { secret_file } = &cli.command {
+        println!("{}", admin_token(secret_file)?);
+        return Ok(());
+    }
     let client = redis::Client::open(cli.redis_url.as_str())?;
     let mut con = client
         .get_connection()
@@ -75,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             let now = redis_now(&mut con)?;
             population.come_online(&mut con, users, now)
         }
+        Command::Token { .. } => unreachable!("answered above"),
         Command::Snapshot {
             binary,
             work_dir,
@@ -116,4 +127,20 @@ fn snapshot(
         println!("{line}");
     }
     Ok(())
+}
+
+fn admin_token(secret_file: &std::path::Path) -> anyhow::Result<String> {
+    let secret = std::fs::read_to_string(secret_file)
+        .with_context(|| format!("reading {}", secret_file.display()))?;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes())?;
+    let claims = serde_json::json!({
+        "sub": "presence-bench",
+        "scope": presence::api::auth::DEFAULT_ADMIN_VALUE,
+        "exp": chrono::Utc::now().timestamp() + 3600,
+    });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
 }

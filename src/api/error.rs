@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -18,11 +18,15 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer; the OpenAPI document derives its schema from here.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorBody<'a> {
+    /// A stable code clients branch on, like `invalid_user_id`.
     error: &'a str,
+    /// What went wrong, for people; may change.
     message: &'a str,
 }
 
@@ -33,7 +37,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with a header added to its answer (`Retry-After`, say).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
+        self.headers.push((name, value));
+        self
     }
 
     /// The stable code.
@@ -43,6 +54,7 @@ impl ApiError {
 
     /// Redis did not answer; the client should retry later.
     pub fn redis_unavailable(cause: &redis::RedisError) -> ApiError {
+        crate::metrics::redis_error();
         tracing::warn!(error = %cause, "redis unavailable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +89,9 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 

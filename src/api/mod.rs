@@ -2,9 +2,16 @@
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it on a
 //! port of their own; [`serve`] adds the listener and graceful shutdown.
+//!
+//! [`auth`] says who is calling, [`limits`] keeps any one client from taking more than its
+//! share, and [`server`] accepts connections with a header-read timeout and a cap.
 
+pub mod auth;
 mod error;
+pub mod limits;
+mod openapi;
 mod routes;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +20,17 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use clap::Args;
 use redis::aio::ConnectionManager;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+use self::auth::{AuthArgs, Authenticator};
+use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
@@ -57,6 +69,15 @@ pub struct ApiArgs {
 
     #[command(flatten)]
     pub ttl: TtlArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 }
 
 impl ApiArgs {
@@ -74,7 +95,7 @@ impl ApiArgs {
             "--ping-interval ({interval}) must be at least 1 and shorter than --online-ttl"
         );
         anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
-        Ok(())
+        self.limits.validate()
     }
 }
 
@@ -92,12 +113,19 @@ pub struct AppState {
     pub ping_interval: u64,
     /// Most user ids per batch query.
     pub max_batch: usize,
+    /// Checks bearer tokens.
+    pub auth: Authenticator,
+    /// How often one user may write.
+    pub ping_limiter: PingLimiter,
+    /// The in-flight cap and request timeout.
+    pub request_guard: Arc<RequestGuard>,
 }
 
 impl AppState {
     /// Opens Redis (lazily) and the database (migrating it) as `args` say.
     pub fn open(args: &ApiArgs) -> anyhow::Result<AppState> {
         args.validate()?;
+        let auth = Authenticator::from_args(&args.auth)?;
         let store = &args.store;
         crate::db::open_and_migrate(&store.db, store.busy_timeout())?;
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
@@ -111,6 +139,13 @@ impl AppState {
             db,
             ping_interval: args.ping_interval(),
             max_batch: args.max_batch,
+            auth,
+            ping_limiter: PingLimiter::new(
+                args.limits.ping_burst,
+                Duration::from_millis(args.limits.ping_refill_ms),
+                args.limits.ping_tracked_users,
+            ),
+            request_guard: Arc::new(RequestGuard::new(&args.limits)),
         })
     }
 }
@@ -124,9 +159,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence/query", post(routes::query))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .merge(crate::metrics::api_routes())
+        .merge(openapi::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(
+            Arc::clone(&state.request_guard),
+            limits::guard_request,
+        ))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -144,12 +186,22 @@ pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         redis = %redact_url(&args.store.redis_url),
         db = %args.store.db.display(),
+        key_prefix = %args.store.key_prefix,
         online_ttl = args.ttl.online_ttl,
         shadow_ttl = args.ttl.shadow_ttl,
+        ping_interval = args.ping_interval(),
+        max_batch = args.max_batch,
+        cors_origins = ?args.web.cors_origins,
+        shutdown_grace = args.web.shutdown_grace,
         "presence-api listening"
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(crate::schedule::shutdown_signal())
-        .await
-        .context("serving http")
+    let limits = server::ConnectionLimits {
+        header_read_timeout: args.limits.header_read_timeout(),
+        max_connections: args.limits.max_connections,
+        shutdown_grace: args.web.grace(),
+    };
+    let app = args.web.apply_cors(router(state))?;
+    let shutdown = crate::schedule::shutdown_signal();
+    server::serve_connections(listener, app, limits, shutdown).await;
+    Ok(())
 }

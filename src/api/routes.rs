@@ -7,7 +7,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::auth::Caller;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::status::Presence;
 use crate::time::{Millis, to_rfc3339};
@@ -16,10 +19,12 @@ use crate::user::UserId;
 type Shared = State<Arc<AppState>>;
 
 /// A user's presence as JSON.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PresenceBody {
     user_id: String,
     online: bool,
+    /// RFC 3339 UTC with milliseconds; `null` for a user never seen.
+    #[schema(format = DateTime)]
     last_seen: Option<String>,
 }
 
@@ -34,7 +39,7 @@ impl From<Presence> for PresenceBody {
 }
 
 /// The answer to a ping: the new state and when to ping next.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PingBody {
     #[serde(flatten)]
     presence: PresenceBody,
@@ -42,14 +47,14 @@ pub struct PingBody {
 }
 
 /// A batch query.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     user_ids: Vec<String>,
 }
 
 /// The answer to a batch query, in request order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct QueryBody {
     users: Vec<PresenceBody>,
 }
@@ -57,6 +62,21 @@ pub struct QueryBody {
 fn user_from(path: Result<Path<String>, PathRejection>) -> Result<UserId, ApiError> {
     let Path(raw) = path?;
     UserId::parse(&raw).map_err(ApiError::invalid_user_id)
+}
+
+/// The user a write names, once the caller may act for them and the rate limit allows
+/// one more write: both checked before Redis is touched.
+fn writable_user(
+    app: &AppState,
+    caller: &Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<UserId, ApiError> {
+    let user = user_from(path)?;
+    caller.may_act_for(&user)?;
+    app.ping_limiter
+        .check(user.as_str(), std::time::Instant::now())
+        .map_err(super::limits::rate_limited)?;
+    Ok(user)
 }
 
 fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
@@ -68,11 +88,26 @@ fn presence_of(user: UserId, online: bool, at: Millis) -> PresenceBody {
 }
 
 /// `POST /v1/users/{user_id}/ping`
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/ping",
+    summary = "Heartbeat: the user is online for the online TTL",
+    params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
+    responses(
+        (status = 200, description = "the user is online", body = PingBody),
+        (status = 400, description = "invalid_user_id or invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: a missing or invalid token", body = ErrorBody),
+        (status = 403, description = "forbidden: the token is not this user's", body = ErrorBody),
+        (status = 429, description = "rate_limited: see Retry-After", body = ErrorBody),
+        (status = 503, description = "redis_unavailable", body = ErrorBody),
+    )
+)]
 pub async fn ping(
     State(app): Shared,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PingBody>, ApiError> {
-    let user = user_from(path)?;
+    let user = writable_user(&app, &caller, path)?;
     let at = app
         .heartbeats
         .record_ping(&mut app.redis.clone(), &user)
@@ -85,11 +120,26 @@ pub async fn ping(
 }
 
 /// `POST /v1/users/{user_id}/offline`
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/offline",
+    summary = "The app closed: the user is offline now, last seen now",
+    params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
+    responses(
+        (status = 200, description = "the user is offline, last seen now", body = PresenceBody),
+        (status = 400, description = "invalid_user_id or invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: a missing or invalid token", body = ErrorBody),
+        (status = 403, description = "forbidden: the token is not this user's", body = ErrorBody),
+        (status = 429, description = "rate_limited: see Retry-After", body = ErrorBody),
+        (status = 503, description = "redis_unavailable", body = ErrorBody),
+    )
+)]
 pub async fn offline(
     State(app): Shared,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
-    let user = user_from(path)?;
+    let user = writable_user(&app, &caller, path)?;
     let at = app
         .heartbeats
         .record_offline(&mut app.redis.clone(), &user)
@@ -99,8 +149,21 @@ pub async fn offline(
 }
 
 /// `GET /v1/users/{user_id}/presence`
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/presence",
+    summary = "A user's presence: online now, and last seen",
+    params(("user_id" = String, Path, description = "1 to 128 of A-Z a-z 0-9 _ - . @")),
+    responses(
+        (status = 200, description = "online now, and last seen", body = PresenceBody),
+        (status = 400, description = "invalid_user_id or invalid_path", body = ErrorBody),
+        (status = 401, description = "unauthorized: a missing or invalid token", body = ErrorBody),
+        (status = 503, description = "redis_unavailable or database_unavailable", body = ErrorBody),
+    )
+)]
 pub async fn presence(
     State(app): Shared,
+    _caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
     let user = user_from(path)?;
@@ -113,8 +176,24 @@ pub async fn presence(
 }
 
 /// `POST /v1/presence/query`
+#[utoipa::path(
+    post,
+    path = "/v1/presence/query",
+    summary = "The presence of up to --max-batch users, in request order",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "every user asked, in request order", body = QueryBody),
+        (status = 400, body = ErrorBody,
+            description = "invalid_json, invalid_user_id or batch_too_large"),
+        (status = 413, description = "body_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 401, description = "unauthorized: a missing or invalid token", body = ErrorBody),
+        (status = 503, description = "redis_unavailable or database_unavailable", body = ErrorBody),
+    )
+)]
 pub async fn query(
     State(app): Shared,
+    _caller: Caller,
     body: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Json<QueryBody>, ApiError> {
     let Json(request) = body?;
@@ -146,11 +225,28 @@ fn parse_batch(raw: &[String], max: usize) -> Result<Vec<UserId>, ApiError> {
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "The process is up",
+    responses(
+        (status = 200, description = "the process is up", body = serde_json::Value),
+    )
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: Redis and the database both answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Redis and the database answer",
+    responses(
+        (status = 200, description = "Redis and the database answer", body = serde_json::Value),
+        (status = 503, description = "redis_unavailable or database_unavailable", body = ErrorBody),
+    )
+)]
 pub async fn readyz(State(app): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let _: String = redis::cmd("PING")
         .query_async(&mut app.redis.clone())

@@ -1,7 +1,11 @@
 //! What every integration test needs: a private `redis-server`, a fresh SQLite file, and
 //! the API served on a port of its own. Real stores only.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod logged;
+
+pub use logged::{LoggedApi, Proc, snapshot_proc};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -9,6 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use presence::api::auth::{self, AuthArgs};
+use presence::api::limits::LimitArgs;
+use presence::api::server::{self, ConnectionLimits};
 use presence::api::{self, ApiArgs, AppState};
 use presence::config::{StoreArgs, TtlArgs};
 use presence::diff::VanishGuard;
@@ -215,6 +222,34 @@ pub fn store_args(redis: &RedisServer, db: &TestDb) -> StoreArgs {
     }
 }
 
+/// API options against `redis` and `db`: authentication off, default limits. Tests that
+/// need auth or other limits change the fields they care about.
+pub fn api_args(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> ApiArgs {
+    ApiArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ping_interval: None,
+        max_batch: api::DEFAULT_MAX_BATCH,
+        store: store_args(redis, db),
+        ttl,
+        auth: AuthArgs {
+            insecure_no_auth: true,
+            ..auth_defaults()
+        },
+        limits: LimitArgs::default(),
+        web: presence::web::WebArgs::default(),
+    }
+}
+
+/// The auth options as the flags default them: no key, admin claim `scope`.
+pub fn auth_defaults() -> AuthArgs {
+    AuthArgs {
+        jwt_leeway: auth::DEFAULT_LEEWAY_SECS,
+        admin_claim: auth::DEFAULT_ADMIN_CLAIM.to_owned(),
+        admin_value: auth::DEFAULT_ADMIN_VALUE.to_owned(),
+        ..AuthArgs::default()
+    }
+}
+
 /// The API, served in this process on a port of its own.
 pub struct TestApi {
     /// The base URL, `http://127.0.0.1:PORT`.
@@ -228,18 +263,22 @@ pub struct TestApi {
 impl TestApi {
     /// Serves the API against `redis` and `db` with the given TTLs.
     pub async fn start(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> TestApi {
-        let args = ApiArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ping_interval: None,
-            max_batch: api::DEFAULT_MAX_BATCH,
-            store: store_args(redis, db),
-            ttl,
-        };
+        TestApi::serve(api_args(redis, db, ttl)).await
+    }
+
+    /// Serves the API as `args` say, through the same accept loop as the binary.
+    pub async fn serve(args: ApiArgs) -> TestApi {
         let state = Arc::new(AppState::open(&args).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let app = api::router(Arc::clone(&state));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let limits = ConnectionLimits {
+            header_read_timeout: args.limits.header_read_timeout(),
+            max_connections: args.limits.max_connections,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let never = std::future::pending();
+        tokio::spawn(server::serve_connections(listener, app, limits, never));
         TestApi {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
@@ -348,4 +387,431 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// An HS256 secret for tests, at least 32 bytes as the API demands.
+pub const TEST_SECRET: &str = "a-test-secret-of-at-least-32-bytes-long";
+
+/// Writes [`TEST_SECRET`] to a file in `dir` and returns its path.
+pub fn secret_file(dir: &Path) -> PathBuf {
+    let path = dir.join("jwt-secret");
+    std::fs::write(&path, format!("{TEST_SECRET}\n")).unwrap();
+    path
+}
+
+/// A token signed with [`TEST_SECRET`] for `claims`.
+pub fn hs256_token(claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()).unwrap();
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()
+}
+
+/// Seconds since the epoch, `offset` seconds from now, for `exp` claims.
+pub fn epoch_secs(offset: i64) -> i64 {
+    chrono::Utc::now().timestamp() + offset
+}
+
+/// A user token good for an hour.
+pub fn user_token(user: &str) -> String {
+    hs256_token(&serde_json::json!({"sub": user, "exp": epoch_secs(3600)}))
+}
+
+/// A back-end service token with the admin scope, good for an hour.
+pub fn admin_token() -> String {
+    hs256_token(&serde_json::json!({
+        "sub": "presence-backend",
+        "scope": "read presence:admin",
+        "exp": epoch_secs(3600),
+    }))
+}
+
+/// A small seeded random generator (splitmix64), so a failing random test replays.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`; the seed is printed, for replaying a failure.
+    pub fn seeded(seed: u64) -> Rng {
+        eprintln!("random seed: {seed}");
+        Rng(seed)
+    }
+
+    /// A seed from `PRESENCE_TEST_SEED` or the given default.
+    pub fn from_env_or(default: u64) -> Rng {
+        let seed = std::env::var("PRESENCE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default);
+        Rng::seeded(seed)
+    }
+
+    /// A generator of its own, seeded from this one (so replaying the parent replays it).
+    pub fn split(&mut self) -> Rng {
+        Rng(self.next_u64())
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64) < p * (1u64 << 53) as f64
+    }
+
+    /// One of `items`.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The `presence-api` binary, run as a process of its own on a free port; killed on drop.
+pub struct ApiProcess {
+    /// The base URL.
+    pub base: String,
+    /// The child process.
+    pub child: Child,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl ApiProcess {
+    /// Starts the binary with `args` (besides `--listen`) and waits until it answers.
+    pub async fn start(args: &[String]) -> ApiProcess {
+        ApiProcess::start_logging(args, "warn").await
+    }
+
+    /// Starts the binary with `args`, logging at `level` into [`ApiProcess::log_text`].
+    pub async fn start_logging(args: &[String], level: &str) -> ApiProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("api.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_presence-api"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(args)
+            .env("RUST_LOG", level)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let api = ApiProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let up = eventually(Duration::from_secs(20), || async {
+            http.get(format!("{}/healthz", api.base))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            up,
+            "presence-api never came up; its log:\n{}",
+            api.log_text()
+        );
+        api
+    }
+
+    /// What the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Its resident memory in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The base arguments for either binary against `redis` and `db`.
+pub fn store_flags(redis: &RedisServer, db: &Path) -> Vec<String> {
+    vec![
+        "--redis-url".into(),
+        redis.url(),
+        "--db".into(),
+        db.display().to_string(),
+        "--key-prefix".into(),
+        PREFIX.into(),
+    ]
+}
+
+/// A `presence-snapshot` command against `redis` and `db`, logging at warn level; the
+/// subcommand and its flags are the caller's.
+pub fn snapshot_command(redis: &RedisServer, db: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presence-snapshot"));
+    cmd.args(store_flags(redis, db)).env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs `presence-snapshot run` with `extra` flags to the end: exit code, stdout, stderr.
+pub fn snapshot_run(redis: &RedisServer, db: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = snapshot_command(redis, db)
+        .arg("run")
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every `last_seen` row of a database, ordered.
+pub fn last_seen_rows(db: &Path) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT user_id, last_seen_ms FROM last_seen ORDER BY user_id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// `PRAGMA integrity_check` of a database: "ok" when sound.
+pub fn integrity(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Opens a raw TCP connection to `base` (`http://host:port`) and writes `bytes`; for
+/// requests no HTTP client would send (half a header, a body cut short).
+pub async fn raw_connection(base: &str, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads what the server sends until it closes the connection, for at most `limit` (a
+/// guard against a hung test, not a measurement); `None` if it never closed.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    match read {
+        Ok(Ok(_)) | Ok(Err(_)) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// Calls of the ping and offline scripts Redis has served since `CONFIG RESETSTAT`.
+pub fn script_calls(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.con())
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Redis's clock, in milliseconds.
+pub fn redis_now_ms(redis: &RedisServer) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut redis.con()).unwrap();
+    secs * 1000 + micros / 1000
+}
+
+/// A small tmpfs mounted on a temp dir, for a disk that fills or turns read-only; unmounted
+/// on drop. `None`, with the reason printed, where mounting is not permitted.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount` takes it: `1m`, `512k`).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr);
+                eprintln!("skipped: cannot mount a tmpfs here (needs root): {why}");
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Remounts read-only (`true`) or read-write.
+    pub fn set_read_only(&self, read_only: bool) {
+        let mode = if read_only {
+            "remount,ro"
+        } else {
+            "remount,rw"
+        };
+        let status = Command::new("mount")
+            .args(["-o", mode])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o {mode} failed");
+    }
+
+    /// Fills the file system with a filler file until it is full; returns the filler.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while file
+            .write_all(&block)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// Simulated users changing the keyspace through the real ping and offline scripts, with
+/// no HTTP in between, for tests that need thousands of changes quickly.
+pub struct Crowd {
+    users: Vec<presence::user::UserId>,
+    online: Vec<bool>,
+    writer: presence::heartbeat::HeartbeatWriter,
+    con: redis::aio::MultiplexedConnection,
+}
+
+impl Crowd {
+    /// `size` users, none seen yet, with long TTLs so nothing expires during a test.
+    pub async fn new(redis: &RedisServer, size: usize) -> Crowd {
+        let users = (0..size)
+            .map(|i| presence::user::UserId::parse(&format!("c{i:05}")).unwrap())
+            .collect();
+        let writer = presence::heartbeat::HeartbeatWriter::new(
+            KeyLayout::new(PREFIX),
+            Duration::from_secs(3600),
+            Duration::from_secs(7200),
+        );
+        let con = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        Crowd {
+            users,
+            online: vec![false; size],
+            writer,
+            con,
+        }
+    }
+
+    /// Every user pings once.
+    pub async fn all_ping(&mut self) {
+        for i in 0..self.users.len() {
+            self.ping(i).await;
+        }
+    }
+
+    /// `changes` random users act: an online user pings again or goes offline, an offline
+    /// one comes back.
+    pub async fn round(&mut self, rng: &mut Rng, changes: usize) {
+        for _ in 0..changes {
+            let i = rng.below(self.users.len() as u64) as usize;
+            if self.online[i] && rng.chance(0.5) {
+                self.writer
+                    .record_offline(&mut self.con, &self.users[i])
+                    .await
+                    .unwrap();
+                self.online[i] = false;
+            } else {
+                self.ping(i).await;
+            }
+        }
+    }
+
+    async fn ping(&mut self, i: usize) {
+        self.writer
+            .record_ping(&mut self.con, &self.users[i])
+            .await
+            .unwrap();
+        self.online[i] = true;
+    }
+}
+
+/// The sums of `came_online` and `went_offline` over every logged run of a database.
+pub fn run_totals(db: &Path) -> (i64, i64) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(
+        "SELECT COALESCE(SUM(came_online), 0), COALESCE(SUM(went_offline), 0) FROM runs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Rows of the `runs` log of a database.
+pub fn run_count(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// Sends SIGTERM to `child`, as a service manager stopping it would.
+pub fn terminate(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with a pid this test spawned and has not yet waited for.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "sending SIGTERM to {pid}");
 }

@@ -1,9 +1,9 @@
 -- wrk script for bench/run: drives one route of presence-api and prints one RESULT line.
 --
--- BENCH_MODE    ping  | POST /v1/users/{id}/ping
+-- BENCH_MODE    ping  | POST /v1/users/{id}/ping, ids in turn
 --               get   | GET /v1/users/{id}/presence
 --               query | POST /v1/presence/query with BENCH_BATCH ids
--- BENCH_USERS   ids are drawn at random from 0 .. BENCH_USERS-1, written as twelve
+-- BENCH_USERS   ids come from 0 .. BENCH_USERS-1 (at random but for pings), twelve
 --               digits (the users presence-bench seeds, and redis-benchmark's keys)
 -- BENCH_TOKEN   the bearer token sent with every request
 -- BENCH_THINK_MS  when set, each connection waits this long on average between a
@@ -28,6 +28,16 @@ local function any_user()
   return string.format("%012d", math.random(0, users - 1))
 end
 
+-- Pings walk the ids in order, each thread from its own starting point, so that a user
+-- pings about as rarely as a real client does and the API's per-user ping limit, which a
+-- random draw would now and then trip, stays out of the measurement.
+local sent = 0
+
+local function next_pinger()
+  local offset = math.floor(users / 2) * (thread_no - 1)
+  return string.format("%012d", (offset + sent) % users)
+end
+
 -- Query bodies are made up front, so the load generator spends its time on the wire.
 local queries = {}
 
@@ -44,15 +54,13 @@ function init(args)
   end
 end
 
-local sent = 0
-
 function request()
+  sent = sent + 1
   if mode == "ping" then
-    return wrk.format("POST", "/v1/users/" .. any_user() .. "/ping")
+    return wrk.format("POST", "/v1/users/" .. next_pinger() .. "/ping")
   elseif mode == "get" then
     return wrk.format("GET", "/v1/users/" .. any_user() .. "/presence")
   end
-  sent = sent + 1
   return queries[sent % #queries + 1]
 end
 

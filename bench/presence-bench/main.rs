@@ -70,22 +70,18 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Token { secret_file } = &cli.command {
-        println!("{}", admin_token(secret_file)?);
-        return Ok(());
-    }
-    let client = redis::Client::open(cli.redis_url.as_str())?;
-    let mut con = client
-        .get_connection()
-        .context("connecting to the bench redis")?;
     match cli.command {
+        Command::Token { secret_file } => {
+            println!("{}", admin_token(&secret_file)?);
+            Ok(())
+        }
         Command::Seed { users } => {
+            let mut con = connect(&cli.redis_url)?;
             let keys = KeyLayout::new(DEFAULT_KEY_PREFIX);
             let mut population = Population::new(keys, ONLINE_TTL_MS, SHADOW_TTL_MS);
             let now = redis_now(&mut con)?;
             population.come_online(&mut con, users, now)
         }
-        Command::Token { .. } => unreachable!("answered above"),
         Command::Snapshot {
             binary,
             work_dir,
@@ -94,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             churn,
             scan_count,
         } => {
+            let mut con = connect(&cli.redis_url)?;
             let job = JobSetup {
                 binary,
                 redis_url: cli.redis_url,
@@ -103,6 +100,13 @@ fn main() -> anyhow::Result<()> {
             snapshot(&job, &mut con, &sizes, headline, &churn)
         }
     }
+}
+
+fn connect(url: &str) -> anyhow::Result<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    client
+        .get_connection()
+        .with_context(|| format!("connecting to the bench redis {url}"))
 }
 
 fn snapshot(

@@ -125,7 +125,8 @@ pub type Fallible = anyhow::Result<()>;
 fn fresh_user(i: u64, now: Millis) -> SimUser {
     let last = now - (mix(i) % 240_000) as Millis;
     let start = last - (mix(i ^ 0x5eed) % 3_600_000) as Millis;
-    let previous_end = (i % PREVIOUS_END_EVERY == 0)
+    let previous_end = i
+        .is_multiple_of(PREVIOUS_END_EVERY)
         .then(|| start - 1000 - (mix(i ^ 0xe17d) % 86_400_000) as Millis);
     SimUser {
         shadow: Shadow {

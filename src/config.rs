@@ -28,7 +28,8 @@ pub const DEFAULT_SHADOW_TTL_SECS: u64 = 1200;
 /// Where the data lives.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
-    /// Redis URL, `redis://[:password@]host:port[/db]`.
+    /// Redis URL: `redis://[:password@]host:port[/db]` for one server, or
+    /// `redis+cluster://[:password@]host:port[,host:port…]` for a Redis Cluster by its seeds.
     #[arg(long, env = "PRESENCE_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
 

@@ -14,7 +14,9 @@
 //!   run log in one SQLite transaction ([`snapshot`]), under a run lock ([`lock`]), on its
 //!   own clock if asked ([`schedule`]).
 //! - [`db`] opens the database and applies the numbered migrations from `sql/`;
-//!   [`redis_conn`] opens Redis; [`config`] holds the options both binaries share.
+//!   [`redis_conn`] opens Redis, one server or a cluster, whose primaries [`cluster`]
+//!   walks one by one and [`slot_map`] reads in one pipeline each; [`config`] holds the
+//!   options both binaries share.
 //! - Operations: [`metrics`] counts requests and runs for Prometheus, [`textfile`] leaves a
 //!   cron run's numbers for node_exporter, [`web`] adds CORS and a bounded shutdown to the
 //!   API, [`logging`] writes text or JSON logs, [`backup`] copies the database while it is
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod diff;
@@ -38,6 +41,7 @@ pub mod report;
 pub mod scan;
 pub mod schedule;
 pub mod shadow;
+pub mod slot_map;
 pub mod snapshot;
 pub mod status;
 pub mod textfile;

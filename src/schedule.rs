@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
+use crate::redis_conn::RedisConn;
 use crate::snapshot::{SnapshotOptions, run_once};
 
 /// Every five minutes on the wall clock, at second 0.
@@ -21,7 +21,7 @@ pub const DEFAULT_CRON: &str = "0 */5 * * * *";
 /// Runs snapshots on `cron` until a shutdown signal.
 pub async fn run_schedule(
     cron: &str,
-    redis: ConnectionManager,
+    redis: RedisConn,
     opts: SnapshotOptions,
 ) -> anyhow::Result<()> {
     let running = Arc::new(Mutex::new(()));
@@ -50,7 +50,7 @@ pub async fn run_schedule(
 fn tick_job(
     cron: &str,
     running: Arc<Mutex<()>>,
-    redis: ConnectionManager,
+    redis: RedisConn,
     opts: SnapshotOptions,
 ) -> anyhow::Result<Job> {
     Job::new_async(cron, move |_id, _scheduler| {

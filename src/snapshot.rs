@@ -9,17 +9,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::ConnectionLike;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::diff::{self, OnlineRow, Plan, VanishGuard};
 use crate::keys::KeyLayout;
 use crate::lock::{LockError, RunLock};
-use crate::scan::{self, Walk};
+use crate::redis_conn::ShadowSource;
+use crate::scan::Walk;
 use crate::time::{Millis, wall_clock_ms};
 
 /// How far apart the clocks of Redis nodes may be while the job still trusts the previous
-/// run's start as a watermark (see [`SnapshotOptions::full`]).
+/// run's start as a watermark (see [`SnapshotOptions::full`]). On a cluster the run's start
+/// is the earliest clock of the primaries it walked, and each shadow key is stamped by its
+/// own primary's clock, so the nodes' clocks must agree within this margin (NTP keeps
+/// them within milliseconds); a failover to a replica whose clock is behind is covered by
+/// the same margin.
 pub const WATERMARK_MARGIN_MS: Millis = 60_000;
 
 /// How a run behaves.
@@ -91,7 +95,7 @@ impl From<LockError> for SnapshotError {
 /// Runs one snapshot against `redis`.
 pub async fn run_once<C>(redis: &mut C, opts: &SnapshotOptions) -> Result<RunSummary, SnapshotError>
 where
-    C: ConnectionLike + Send,
+    C: ShadowSource,
 {
     let started = Instant::now();
     let started_ms = wall_clock_ms();
@@ -100,7 +104,8 @@ where
     let conn = open_db(opts).await?;
 
     let bar = crate::progress::scan_bar(opts.progress);
-    let walk = scan::walk_shadows(redis, &opts.keys, opts.scan_count, |n| bar.set_position(n))
+    let walk = redis
+        .walk_shadows(&opts.keys, opts.scan_count, |n| bar.set_position(n))
         .await
         .map_err(SnapshotError::Redis)?;
     bar.finish_and_clear();

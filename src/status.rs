@@ -2,8 +2,9 @@
 //!
 //! Redis answers for everyone seen within the shadow TTL: the presence key says online,
 //! the shadow key holds the exact last heartbeat. For anyone older, the durable row in
-//! SQLite answers. Any number of users costs one Redis round trip and, only if some of
-//! them are not in Redis, one batch of SQLite point reads.
+//! SQLite answers. Any number of users costs one Redis round trip (on a cluster, one per
+//! primary, in parallel: see [`crate::slot_map`]) and, only if some of them are not in
+//! Redis, one batch of SQLite point reads.
 
 use std::sync::Arc;
 

@@ -23,7 +23,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use clap::Args;
-use redis::aio::ConnectionManager;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
@@ -35,7 +34,7 @@ use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
-use crate::redis_conn::{connect_lazy, redact_url};
+use crate::redis_conn::{RedisConn, open_lazy, redact_url};
 use crate::status::StatusReader;
 
 /// The default address the API listens on.
@@ -101,8 +100,8 @@ impl ApiArgs {
 
 /// What every request handler shares.
 pub struct AppState {
-    /// The Redis connection; cloning it shares one multiplexed connection.
-    pub redis: ConnectionManager,
+    /// The Redis connection, one server or a cluster; cloning it shares its connections.
+    pub redis: RedisConn,
     /// Writes pings and offline calls.
     pub heartbeats: HeartbeatWriter,
     /// Reads presence.
@@ -129,7 +128,7 @@ impl AppState {
         let store = &args.store;
         crate::db::open_and_migrate(&store.db, store.busy_timeout())?;
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
-        let redis = connect_lazy(&store.redis_url)
+        let redis = open_lazy(&store.redis_url)
             .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
         let keys = store.keys();
         Ok(AppState {

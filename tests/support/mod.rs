@@ -7,6 +7,8 @@ mod logged;
 
 pub use logged::{LoggedApi, Proc, snapshot_proc};
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -216,6 +218,14 @@ pub fn short_ttls(online: u64, shadow: u64) -> TtlArgs {
 pub fn store_args(redis: &RedisServer, db: &TestDb) -> StoreArgs {
     StoreArgs {
         redis_url: redis.url(),
+        ..store_args_at(db)
+    }
+}
+
+/// Store options for `db`, with the default Redis URL.
+fn store_args_at(db: &TestDb) -> StoreArgs {
+    StoreArgs {
+        redis_url: presence::config::DEFAULT_REDIS_URL.to_owned(),
         key_prefix: PREFIX.to_owned(),
         db: db.path(),
         busy_timeout_ms: 1000,
@@ -225,11 +235,18 @@ pub fn store_args(redis: &RedisServer, db: &TestDb) -> StoreArgs {
 /// API options against `redis` and `db`: authentication off, default limits. Tests that
 /// need auth or other limits change the fields they care about.
 pub fn api_args(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> ApiArgs {
+    let mut args = api_args_at(db, ttl);
+    args.store.redis_url = redis.url();
+    args
+}
+
+/// [`api_args`] with the default Redis URL, for tests that bring their own Redis.
+pub fn api_args_at(db: &TestDb, ttl: TtlArgs) -> ApiArgs {
     ApiArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         ping_interval: None,
         max_batch: api::DEFAULT_MAX_BATCH,
-        store: store_args(redis, db),
+        store: store_args_at(db),
         ttl,
         auth: AuthArgs {
             insecure_no_auth: true,
@@ -264,6 +281,13 @@ impl TestApi {
     /// Serves the API against `redis` and `db` with the given TTLs.
     pub async fn start(redis: &RedisServer, db: &TestDb, ttl: TtlArgs) -> TestApi {
         TestApi::serve(api_args(redis, db, ttl)).await
+    }
+
+    /// Serves the API against the Redis at `redis_url` (one server or a cluster).
+    pub async fn start_at(redis_url: String, db: &TestDb, ttl: TtlArgs) -> TestApi {
+        let mut args = api_args_at(db, ttl);
+        args.store.redis_url = redis_url;
+        TestApi::serve(args).await
     }
 
     /// Serves the API as `args` say, through the same accept loop as the binary.

@@ -1,7 +1,8 @@
 //! Log set-up shared by the binaries.
 //!
-//! Both binaries log to standard error, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]), as text
-//! for people or as one JSON object per line for a log shipper (`--log-format json`).
+//! Both binaries log to standard error, filtered by `RUST_LOG` (default
+//! [`DEFAULT_FILTER`]), as text for people or as one JSON object per line for a log
+//! shipper (`--log-format json`).
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;

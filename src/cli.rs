@@ -14,7 +14,7 @@ use crate::config::StoreArgs;
 use crate::diff::VanishGuard;
 use crate::last_seen::read_record;
 use crate::logging::LogArgs;
-use crate::redis_conn::{open_lazy, redact_url};
+use crate::redis_conn::redact_url;
 use crate::scan::DEFAULT_SCAN_COUNT;
 use crate::schedule::{DEFAULT_CRON, run_schedule};
 use crate::snapshot::{RunSummary, SnapshotError, SnapshotOptions, recent_runs, run_once};
@@ -215,8 +215,7 @@ async fn schedule_passes(
     if let Some(addr) = metrics_listen {
         crate::metrics::serve_listener(addr).await?;
     }
-    let redis = open_lazy(&store.redis_url)
-        .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+    let redis = store.open_redis()?;
     run_schedule(cron, redis, opts).await
 }
 
@@ -230,8 +229,7 @@ async fn run_pass(
     log_start(store, run, None, None);
     let started = Instant::now();
     let outcome = async {
-        let mut redis = open_lazy(&store.redis_url)
-            .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+        let mut redis = store.open_redis()?;
         anyhow::Ok(run_once(&mut redis, &opts).await?)
     }
     .await;

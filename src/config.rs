@@ -6,11 +6,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use clap::Args;
 
 use crate::db::{DEFAULT_BUSY_TIMEOUT, DEFAULT_DB_PATH};
 use crate::keys::{DEFAULT_KEY_PREFIX, KeyLayout};
+use crate::redis_conn::{RedisConn, open_lazy, redact_url};
 
 /// The default Redis to talk to.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -51,6 +52,13 @@ impl StoreArgs {
     /// The key layout under the configured prefix.
     pub fn keys(&self) -> KeyLayout {
         KeyLayout::new(self.key_prefix.clone())
+    }
+
+    /// Opens the configured Redis (one server or a cluster) without connecting yet; the
+    /// error names the URL, its password masked.
+    pub fn open_redis(&self) -> anyhow::Result<RedisConn> {
+        open_lazy(&self.redis_url)
+            .with_context(|| format!("opening redis {}", redact_url(&self.redis_url)))
     }
 
     /// The busy timeout as a duration.

@@ -34,7 +34,7 @@ use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
-use crate::redis_conn::{RedisConn, open_lazy, redact_url};
+use crate::redis_conn::{RedisConn, redact_url};
 use crate::status::StatusReader;
 
 /// The default address the API listens on.
@@ -128,8 +128,7 @@ impl AppState {
         let store = &args.store;
         crate::db::open_and_migrate(&store.db, store.busy_timeout())?;
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
-        let redis = open_lazy(&store.redis_url)
-            .with_context(|| format!("opening redis {}", redact_url(&store.redis_url)))?;
+        let redis = store.open_redis()?;
         let keys = store.keys();
         Ok(AppState {
             redis,

@@ -5,8 +5,8 @@
 //! - [`api`] takes `POST /v1/users/{id}/ping` over HTTP and checks the id ([`user`]).
 //! - [`heartbeat`] records it in Redis with one script call: the presence key that
 //!   expires when the user stops pinging, and the shadow key that remembers the last
-//!   heartbeat for a while longer. [`keys`] names both keys and [`shadow`] encodes what
-//!   the shadow key holds.
+//!   heartbeat for a while longer, stamped on Redis's clock as [`clock`] estimates it.
+//!   [`keys`] names both keys and [`shadow`] encodes what the shadow key holds.
 //! - [`status`] answers "is this user online, and when were they last seen?" from Redis,
 //!   falling back to the durable rows in SQLite ([`last_seen`]) once the shadow key is gone.
 //! - The batch job walks the shadow keys ([`scan`]), compares what it saw with the online
@@ -25,6 +25,7 @@
 pub mod api;
 pub mod backup;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -21,11 +21,11 @@ struct Cli {
     log: presence::logging::LogArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     presence::logging::init(presence::logging::DEFAULT_FILTER, cli.log.log_format);
-    match api::serve(cli.api).await {
+    let served = api::runtime(&cli.api).and_then(|rt| rt.block_on(api::serve(cli.api)));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "presence-api stopped");

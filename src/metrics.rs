@@ -9,8 +9,9 @@
 //! the connection manager reconnects inside the Redis client without telling its caller,
 //! and every reconnect starts with a command that failed, which this counter does see.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,7 +22,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::snapshot::RunSummary;
@@ -183,11 +187,8 @@ pub async fn render() -> Response {
 
 /// Middleware: counts, times and logs (at debug) every request by its matched route.
 pub async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
     let started = Instant::now();
 
@@ -197,13 +198,64 @@ pub async fn track(request: Request, next: Next) -> Response {
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method,
-        "status" => status.to_string())
-    .increment(1);
-    histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method)
-        .record(elapsed.as_secs_f64());
+    let (requests, duration) = http_series().get(route, method, status);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     tracing::debug!(method, %route, status, elapsed_ms = elapsed.as_millis() as u64, "request");
     response
+}
+
+/// The request counter and latency histogram of each route, method and status, looked up
+/// in the recorder once rather than on every request (a lookup hashes the labels, which
+/// costs more than the count itself).
+#[derive(Default)]
+struct HttpSeries {
+    by_route: RwLock<HashMap<Box<str>, Vec<Series>>>,
+}
+
+/// One route's handles for one method and status.
+struct Series {
+    method: &'static str,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+fn http_series() -> &'static HttpSeries {
+    static SERIES: OnceLock<HttpSeries> = OnceLock::new();
+    SERIES.get_or_init(HttpSeries::default)
+}
+
+impl HttpSeries {
+    fn get(&self, route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+        let pick = |all: &Vec<Series>| {
+            let s = all
+                .iter()
+                .find(|s| s.method == method && s.status == status)?;
+            Some((s.requests.clone(), s.duration.clone()))
+        };
+        let known = self.by_route.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = known.get(route).and_then(pick) {
+            return found;
+        }
+        drop(known);
+        let mut known = self.by_route.write().unwrap_or_else(|e| e.into_inner());
+        let all = known.entry(route.into()).or_default();
+        if let Some(found) = pick(all) {
+            return found;
+        }
+        let owned = route.to_owned();
+        let series = Series {
+            method,
+            status,
+            requests: counter!(HTTP_REQUESTS, "route" => owned.clone(), "method" => method,
+                "status" => status.to_string()),
+            duration: histogram!(HTTP_DURATION, "route" => owned, "method" => method),
+        };
+        let found = (series.requests.clone(), series.duration.clone());
+        all.push(series);
+        found
+    }
 }
 
 /// The method as a label: a client may send any token as a method, and each would
@@ -222,18 +274,20 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts a request in flight until dropped, so a cancelled request is not counted forever.
-struct InFlight;
+struct InFlight(&'static Gauge);
 
 impl InFlight {
     fn enter() -> InFlight {
-        gauge!(HTTP_IN_FLIGHT).increment(1.0);
-        InFlight
+        static GAUGE: OnceLock<Gauge> = OnceLock::new();
+        let gauge = GAUGE.get_or_init(|| gauge!(HTTP_IN_FLIGHT));
+        gauge.increment(1.0);
+        InFlight(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 

@@ -93,7 +93,14 @@ where
             None => break,
         }
     }
+    let sorting = std::time::Instant::now();
     dedup(&mut walk);
+    let sort_ms = sorting.elapsed().as_millis() as u64;
+    tracing::debug!(
+        sort_ms,
+        observations = walk.observations.len(),
+        "sorted the walk"
+    );
     Ok(walk)
 }
 

@@ -109,6 +109,11 @@ where
         .await
         .map_err(SnapshotError::Redis)?;
     bar.finish_and_clear();
+    tracing::debug!(
+        keys_scanned = walk.keys_scanned,
+        walk_ms = started.elapsed().as_millis() as u64,
+        "walked the shadow keys"
+    );
 
     let (guard, full) = (opts.guard, opts.full);
     let summary = tokio::task::spawn_blocking(move || {
@@ -149,8 +154,12 @@ fn commit_run(
 ) -> anyhow::Result<RunSummary> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let settled_before = if full { Millis::MIN } else { watermark(&tx)? };
+    let planning = Instant::now();
     let plan = plan_against_online_set(&tx, walk, settled_before, guard)?;
+    let plan_ms = planning.elapsed().as_millis() as u64;
     let rows_written = apply(&tx, &plan, started_ms)?;
+    let write_ms = planning.elapsed().as_millis() as u64 - plan_ms;
+    tracing::debug!(plan_ms, write_ms, rows_written, "planned and wrote the run");
     let mut summary = summarize(walk, &plan, rows_written);
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     log_run(&tx, &summary, started_ms, walk.started)?;

@@ -262,6 +262,44 @@ async fn expiry_leeway_issuer_and_audience() {
     assert_eq!(got, want);
 }
 
+/// A token the API has already verified is remembered, but not past its expiry: the
+/// request after `exp` (plus the leeway) is refused like any expired token, and a
+/// remembered admin token still acts for anyone while it lasts.
+#[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let (redis, db, dir) = (
+        RedisServer::start(),
+        TestDb::new(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut args = api_args(&redis, &db, short_ttls(300, 1200));
+    args.auth = AuthArgs {
+        jwt_secret_file: Some(secret_file(dir.path())),
+        jwt_leeway: 0,
+        ..auth_defaults()
+    };
+    let api = TestApi::serve(args).await;
+    let exp = epoch_secs(2);
+    let token = hs256_token(&json!({"sub": "ann", "exp": exp}));
+    let ping = || api.http.post(format!("{}/v1/users/ann/ping", api.base));
+    let admin = admin_token();
+    let as_admin = || api.http.post(format!("{}/v1/users/bob/ping", api.base));
+
+    let mut before = Vec::new();
+    for _ in 0..3 {
+        before.push(send(ping().bearer_auth(&token)).await.0);
+        before.push(send(as_admin().bearer_auth(&admin)).await.0);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    while epoch_secs(0) <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = send(ping().bearer_auth(&token)).await;
+
+    assert_eq!(before, [200, 200, 200, 200, 200, 200]);
+    assert_eq!((after.0, after.1.as_deref()), (401, Some("Bearer")));
+}
+
 /// Health and readiness need no token: load balancers carry none.
 #[tokio::test]
 async fn probes_need_no_token() {

@@ -8,9 +8,14 @@
 //! Every token that fails, for whatever reason (missing, malformed, expired, wrongly
 //! signed, wrong issuer), gets the same 401 answer: telling them apart would help
 //! someone probing for a key. The reason is logged at debug level; the token never is.
+//!
+//! A token that passed is remembered ([`VerifiedTokens`]), so a client that sends the same
+//! token with every request pays for its signature check once, not on every ping.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::extract::FromRequestParts;
@@ -27,6 +32,9 @@ use crate::user::UserId;
 
 /// The default clock leeway for `exp`, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+
+/// The default number of verified tokens remembered.
+pub const DEFAULT_TOKEN_CACHE: usize = 65_536;
 
 /// The default name of the claim that marks a back-end service.
 pub const DEFAULT_ADMIN_CLAIM: &str = "scope";
@@ -84,6 +92,11 @@ pub struct AuthArgs {
     #[arg(long, env = "PRESENCE_ADMIN_VALUE", default_value = DEFAULT_ADMIN_VALUE)]
     pub admin_value: String,
 
+    /// Verified tokens remembered, so a token sent again skips its signature check (its
+    /// expiry is still checked every time); about 400 bytes each. 0 turns this off.
+    #[arg(long, env = "PRESENCE_TOKEN_CACHE", default_value_t = DEFAULT_TOKEN_CACHE)]
+    pub token_cache: usize,
+
     /// Serve without checking tokens: anyone may act for anyone. For development only.
     #[arg(long, env = "PRESENCE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
@@ -95,7 +108,7 @@ pub enum Caller {
     /// Authentication is off: anyone may do anything.
     Anyone,
     /// A user, by the token's `sub`.
-    User(Box<str>),
+    User(Arc<str>),
     /// A back-end service with the admin claim.
     Admin,
 }
@@ -125,11 +138,13 @@ struct Verifier {
     validation: Validation,
     admin_claim: String,
     admin_value: String,
+    verified: VerifiedTokens,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -157,6 +172,7 @@ impl Authenticator {
                 validation: validation(args, algorithm),
                 admin_claim: args.admin_claim.clone(),
                 admin_value: args.admin_value.clone(),
+                verified: VerifiedTokens::new(args.token_cache, args.jwt_leeway),
             }),
         })
     }
@@ -167,17 +183,104 @@ impl Authenticator {
             return Ok(Caller::Anyone);
         };
         let token = bearer_token(headers).ok_or_else(unauthorized)?;
+        let now = unix_now();
+        if let Some(caller) = verifier.verified.get(token, now) {
+            return Ok(caller);
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
             .map_err(|e| {
                 tracing::debug!(reason = ?e.kind(), "rejected a bearer token");
                 unauthorized()
             })?
             .claims;
-        if verifier.is_admin(&claims) {
-            return Ok(Caller::Admin);
-        }
-        Ok(Caller::User(claims.sub.into_boxed_str()))
+        let caller = match verifier.is_admin(&claims) {
+            true => Caller::Admin,
+            false => Caller::User(claims.sub.into()),
+        };
+        verifier
+            .verified
+            .insert(token, caller.clone(), claims.exp, now);
+        Ok(caller)
     }
+}
+
+/// Tokens that passed every check, by their whole text (signature included, so only the
+/// very token that was verified can match), with the caller they proved and their expiry.
+///
+/// Memory is bounded by keeping two generations: new tokens go into the young one, and
+/// when it holds half the capacity the old generation is dropped and the young one takes
+/// its place. A token found in the old generation moves back into the young one, so tokens
+/// in use stay while tokens no longer sent fall out within two generations. Expiry is
+/// checked on every lookup with the same leeway as a full check, so a remembered token
+/// stops working when the full check would have refused it. Behind a back-end that
+/// relays pings with one service token every request hits; with a token per user, it hits
+/// when the cache holds the tokens one API instance sees in a ping interval.
+struct VerifiedTokens {
+    generation_size: usize,
+    leeway: u64,
+    generations: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<Box<str>, Verified>,
+    old: HashMap<Box<str>, Verified>,
+}
+
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: u64,
+}
+
+impl VerifiedTokens {
+    fn new(capacity: usize, leeway: u64) -> VerifiedTokens {
+        VerifiedTokens {
+            generation_size: capacity / 2,
+            leeway,
+            generations: Mutex::default(),
+        }
+    }
+
+    /// The caller `token` proved, if it was verified before and has not expired at `now`.
+    fn get(&self, token: &str, now: u64) -> Option<Caller> {
+        if self.generation_size == 0 {
+            return None;
+        }
+        let mut g = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let found = match g.young.get(token) {
+            Some(v) => v.clone(),
+            None => {
+                let (token, v) = g.old.remove_entry(token)?;
+                self.add(&mut g, token, v.clone());
+                v
+            }
+        };
+        (found.exp.saturating_add(self.leeway) >= now).then_some(found.caller)
+    }
+
+    /// Remembers that `token` proved `caller` until `exp`.
+    fn insert(&self, token: &str, caller: Caller, exp: u64, now: u64) {
+        if self.generation_size == 0 || exp.saturating_add(self.leeway) < now {
+            return;
+        }
+        let mut g = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        self.add(&mut g, token.into(), Verified { caller, exp });
+    }
+
+    fn add(&self, g: &mut Generations, token: Box<str>, verified: Verified) {
+        if g.young.len() >= self.generation_size {
+            g.old = std::mem::take(&mut g.young);
+        }
+        g.young.insert(token, verified);
+    }
+}
+
+/// Seconds since the Unix epoch on this host's clock, as token expiry is written.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Verifier {
@@ -280,6 +383,46 @@ mod tests {
         assert_eq!(bearer_token(&headers("Bearer ")), None);
         assert_eq!(bearer_token(&headers("Bearer")), None);
         assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    fn user(name: &str) -> Caller {
+        Caller::User(name.into())
+    }
+
+    #[test]
+    fn remembers_tokens_until_they_expire() {
+        let tokens = VerifiedTokens::new(8, 30);
+
+        tokens.insert("a.b.c", user("ann"), 1_000, 900);
+        tokens.insert("stale", user("bob"), 1_000, 1_031);
+
+        assert_eq!(tokens.get("a.b.c", 1_030), Some(user("ann")));
+        assert_eq!(tokens.get("a.b.c", 1_031), None);
+        assert_eq!(tokens.get("a.b.", 900), None);
+        assert_eq!(tokens.get("stale", 1_000), None);
+    }
+
+    #[test]
+    fn keeps_tokens_in_use_and_stays_bounded() {
+        let tokens = VerifiedTokens::new(8, 0);
+        tokens.insert("kept", Caller::Admin, 10_000, 0);
+
+        for i in 0..100 {
+            tokens.insert(&format!("t{i}"), user("x"), 10_000, 0);
+            assert_eq!(tokens.get("kept", 0), Some(Caller::Admin), "after {i}");
+        }
+        let g = tokens.generations.lock().unwrap();
+
+        assert!(g.young.len() + g.old.len() <= 8);
+    }
+
+    #[test]
+    fn a_zero_capacity_remembers_nothing() {
+        let tokens = VerifiedTokens::new(0, 0);
+
+        tokens.insert("a", Caller::Admin, 10_000, 0);
+
+        assert_eq!(tokens.get("a", 0), None);
     }
 
     #[test]

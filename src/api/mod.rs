@@ -31,6 +31,7 @@ pub use openapi::ApiDoc;
 use self::auth::{AuthArgs, Authenticator};
 use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 
+use crate::clock::RedisClock;
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
@@ -62,6 +63,12 @@ pub struct ApiArgs {
     /// Most user ids in one batch query.
     #[arg(long, env = "PRESENCE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+
+    /// Threads serving requests; one per core when unset. On a machine shared with
+    /// Redis, leaving Redis a core of its own costs the API less CPU per request.
+    #[arg(long, env = "PRESENCE_WORKER_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 
     #[command(flatten)]
     pub store: StoreArgs,
@@ -121,7 +128,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Opens Redis (lazily) and the database (migrating it) as `args` say.
+    /// Opens Redis (lazily) and the database (migrating it) as `args` say, and starts the
+    /// task that keeps the estimate of Redis's clock fresh, so it must run inside a Tokio
+    /// runtime.
     pub fn open(args: &ApiArgs) -> anyhow::Result<AppState> {
         args.validate()?;
         let auth = Authenticator::from_args(&args.auth)?;
@@ -130,9 +139,13 @@ impl AppState {
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
         let redis = store.open_redis()?;
         let keys = store.keys();
+        let clock = Arc::new(RedisClock::new());
+        clock.keep_reading(redis.clone());
+        let heartbeats = HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow())
+            .with_clock(clock);
         Ok(AppState {
             redis,
-            heartbeats: HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow()),
+            heartbeats,
             status: StatusReader::new(keys, Arc::clone(&db)),
             db,
             ping_interval: args.ping_interval(),
@@ -169,6 +182,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The runtime the API runs on: `--worker-threads` threads, or one per core.
+pub fn runtime(args: &ApiArgs) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads.into());
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// How long in-flight requests may take to finish after a shutdown signal.

@@ -246,6 +246,7 @@ pub fn api_args_at(db: &TestDb, ttl: TtlArgs) -> ApiArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         ping_interval: None,
         max_batch: api::DEFAULT_MAX_BATCH,
+        worker_threads: None,
         store: store_args_at(db),
         ttl,
         auth: AuthArgs {
@@ -261,6 +262,7 @@ pub fn api_args_at(db: &TestDb, ttl: TtlArgs) -> ApiArgs {
 pub fn auth_defaults() -> AuthArgs {
     AuthArgs {
         jwt_leeway: auth::DEFAULT_LEEWAY_SECS,
+        token_cache: auth::DEFAULT_TOKEN_CACHE,
         admin_claim: auth::DEFAULT_ADMIN_CLAIM.to_owned(),
         admin_value: auth::DEFAULT_ADMIN_VALUE.to_owned(),
         ..AuthArgs::default()
@@ -656,15 +658,20 @@ pub async fn read_until_closed(
 
 /// Calls of the ping and offline scripts Redis has served since `CONFIG RESETSTAT`.
 pub fn script_calls(redis: &RedisServer) -> u64 {
+    command_calls(redis, "evalsha") + command_calls(redis, "eval")
+}
+
+/// Calls of the command `name` (lower case) Redis has served since `CONFIG RESETSTAT`,
+/// counting those made from inside scripts.
+pub fn command_calls(redis: &RedisServer, name: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut redis.con())
         .unwrap();
+    let prefix = format!("cmdstat_{name}:calls=");
     info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
         .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
+            l.strip_prefix(&prefix)?
                 .split(',')
                 .next()?
                 .parse::<u64>()

@@ -25,7 +25,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
 use crate::keys::KeyLayout;
-use crate::scan::{Observation, Walk};
+use crate::scan::{Observation, Walk, users_of};
 use crate::shadow::Shadow;
 use crate::time::Millis;
 
@@ -309,22 +309,6 @@ fn own_slots(fields: &[&str]) -> RedisResult<Vec<(u16, u16)>> {
     }
     slots.sort_unstable();
     Ok(slots)
-}
-
-fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<Box<str>> {
-    walk.keys_scanned += batch.len() as u64;
-    let mut users = Vec::with_capacity(batch.len());
-    for key in batch {
-        match keys.user_of_shadow(key) {
-            Some(user) => users.push(user.into()),
-            None => {
-                walk.skipped_values += 1;
-                let key = String::from_utf8_lossy(key);
-                tracing::warn!(%key, "skipping a key this service did not write");
-            }
-        }
-    }
-    users
 }
 
 /// Pairs each user with the reply of their MGET. A shadow key gone since SCAN is skipped;

@@ -46,6 +46,10 @@ pub struct Walk {
 
 /// Walks every shadow key under `keys`, reading values in batches of about `count`.
 /// `on_batch` hears the running count of keys scanned.
+///
+/// While Redis answers one batch, the job records the one before: each round trip goes
+/// out on a task of its own over a clone of the connection (which shares it), so the
+/// job's parsing and bookkeeping overlap Redis's work instead of leaving Redis idle.
 pub async fn walk_shadows<C>(
     con: &mut C,
     keys: &KeyLayout,
@@ -53,46 +57,45 @@ pub async fn walk_shadows<C>(
     mut on_batch: impl FnMut(u64),
 ) -> redis::RedisResult<Walk>
 where
-    C: ConnectionLike + Send,
+    C: ConnectionLike + Clone + Send + 'static,
 {
     let mut walk = Walk {
         started: redis_time(con).await?,
         ..Walk::default()
     };
     let pattern = keys.shadow_pattern();
-    let (mut cursor, mut batch) = scan_step(con, 0, &pattern, count).await?;
-    loop {
-        let users = users_of(keys, &batch, &mut walk);
-        let more = cursor != 0;
-        if users.is_empty() && !more {
-            // Nothing left to read or scan: an empty pipeline is an error to Redis.
-            on_batch(walk.keys_scanned);
-            break;
+    let (mut cursor, batch) = scan_step(con, 0, &pattern, count).await?;
+    let mut users = users_of(keys, &batch, &mut walk);
+    let mut unrecorded: Option<(Vec<Box<str>>, redis::Value)> = None;
+    while !users.is_empty() || cursor != 0 {
+        let in_flight = send_step(con, keys, &users, cursor, &pattern, count);
+        if let Some((users, values)) = unrecorded.take() {
+            record(&mut walk, users, redis::from_redis_value(values)?);
         }
-        let mut pipe = redis::pipe();
-        if !users.is_empty() {
-            pipe.cmd("MGET").arg(value_keys(keys, &users));
-        }
-        if more {
-            pipe.cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(count);
-        }
-        let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
-        let next = if more { replies.pop() } else { None };
-        if let Some(values) = replies.pop() {
-            let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(values)?;
-            record(&mut walk, users, values);
-        }
+        let (values, next) = in_flight.await.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a walk step failed",
+                e.to_string(),
+            ))
+        })??;
         on_batch(walk.keys_scanned);
-        match next {
-            Some(reply) => (cursor, batch) = redis::from_redis_value(reply)?,
-            None => break,
+        if let Some(values) = values {
+            unrecorded = Some((std::mem::take(&mut users), values));
+        }
+        users.clear();
+        if let Some(reply) = next {
+            let batch: Vec<Vec<u8>>;
+            (cursor, batch) = redis::from_redis_value(reply)?;
+            users = users_of(keys, &batch, &mut walk);
+        } else {
+            cursor = 0;
         }
     }
+    if let Some((users, values)) = unrecorded {
+        record(&mut walk, users, redis::from_redis_value(values)?);
+    }
+    on_batch(walk.keys_scanned);
     let sorting = std::time::Instant::now();
     dedup(&mut walk);
     let sort_ms = sorting.elapsed().as_millis() as u64;
@@ -102,6 +105,46 @@ where
         "sorted the walk"
     );
     Ok(walk)
+}
+
+/// The replies of one step: the MGET of `users`' values (when there are users) and the
+/// next SCAN (when `cursor` is not 0).
+type StepReplies = (Option<redis::Value>, Option<redis::Value>);
+
+/// Sends one step, the MGET of `users`' values and the SCAN from `cursor`, in one
+/// pipeline on a task of its own.
+fn send_step<C>(
+    con: &C,
+    keys: &KeyLayout,
+    users: &[Box<str>],
+    cursor: u64,
+    pattern: &str,
+    count: usize,
+) -> tokio::task::JoinHandle<redis::RedisResult<StepReplies>>
+where
+    C: ConnectionLike + Clone + Send + 'static,
+{
+    let mut pipe = redis::pipe();
+    let read = !users.is_empty();
+    if read {
+        pipe.cmd("MGET").arg(value_keys(keys, users));
+    }
+    let more = cursor != 0;
+    if more {
+        pipe.cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+    }
+    let mut con = con.clone();
+    tokio::spawn(async move {
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await?;
+        let next = if more { replies.pop() } else { None };
+        let values = if read { replies.pop() } else { None };
+        Ok((values, next))
+    })
 }
 
 async fn scan_step<C: ConnectionLike + Send>(
@@ -126,12 +169,14 @@ pub async fn redis_time<C: ConnectionLike + Send>(con: &mut C) -> redis::RedisRe
     Ok(secs * 1000 + micros / 1000)
 }
 
-fn users_of<'k>(keys: &KeyLayout, batch: &'k [Vec<u8>], walk: &mut Walk) -> Vec<&'k str> {
+/// The users of a SCAN batch of shadow keys, counted into `walk`; a key that is not a
+/// shadow key of this layout is counted as skipped.
+pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<Box<str>> {
     walk.keys_scanned += batch.len() as u64;
     let mut users = Vec::with_capacity(batch.len());
     for key in batch {
         match keys.user_of_shadow(key) {
-            Some(user) => users.push(user),
+            Some(user) => users.push(user.into()),
             None => {
                 walk.skipped_values += 1;
                 let key = String::from_utf8_lossy(key);
@@ -142,7 +187,7 @@ fn users_of<'k>(keys: &KeyLayout, batch: &'k [Vec<u8>], walk: &mut Walk) -> Vec<
     users
 }
 
-fn value_keys(keys: &KeyLayout, users: &[&str]) -> Vec<String> {
+fn value_keys(keys: &KeyLayout, users: &[Box<str>]) -> Vec<String> {
     let mut names = Vec::with_capacity(users.len() * 2);
     for user in users {
         names.push(keys.presence(user));
@@ -153,19 +198,19 @@ fn value_keys(keys: &KeyLayout, users: &[&str]) -> Vec<String> {
 
 /// Pairs each user with its two values. A shadow key that expired between SCAN and MGET
 /// is simply gone; one holding something else is counted and skipped.
-fn record(walk: &mut Walk, users: Vec<&str>, values: Vec<Option<Vec<u8>>>) {
+fn record(walk: &mut Walk, users: Vec<Box<str>>, values: Vec<Option<Vec<u8>>>) {
     for (user, pair) in users.into_iter().zip(values.chunks_exact(2)) {
         let Some(raw) = &pair[1] else { continue };
         match Shadow::parse(raw) {
             Some(shadow) => walk.observations.push(Observation {
-                user: user.into(),
+                user,
                 shadow,
                 online: pair[0].is_some(),
             }),
             None => {
                 walk.skipped_values += 1;
                 tracing::warn!(
-                    user,
+                    %user,
                     "skipping a shadow key holding a value this service did not write"
                 );
             }

@@ -86,9 +86,16 @@ struct Round {
 }
 
 /// Timed rounds at a size. A run of a second or less is at the mercy of a moment's load on
-/// a shared machine, so small sizes repeat and their median round counts.
+/// a shared machine, and one of ten seconds still catches a slow spell now and then, so
+/// sizes up to a couple of million repeat and their median round counts. Larger runs
+/// take half a minute, long enough to average the spells out, and would make the
+/// benchmark too long to repeat.
 fn rounds(users: usize) -> usize {
-    (500_000 / users.max(1)).clamp(1, 5)
+    match users {
+        0..500_000 => 5,
+        500_000..2_000_000 => 3,
+        _ => 1,
+    }
 }
 
 /// Churns 2% of the users, then times the job between two floor walks.

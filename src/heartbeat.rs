@@ -1,77 +1,90 @@
 //! Recording heartbeats and explicit offline calls in Redis.
 //!
-//! Each call is one Lua script run: one round trip, atomic, and stamped with Redis's own
-//! clock rather than the API host's. Every API instance therefore stamps with the same
-//! clock, so a host whose clock is a minute off cannot move anyone's last-seen into the
-//! future or back in time. The stamp comes from a [`RedisClock`], an estimate of Redis's
-//! clock kept by the caller, when it has one; otherwise the script asks Redis (`TIME`),
-//! which costs the script about a fifth more time inside Redis. The scripts also never
-//! write a heartbeat older than the one already in the shadow key, so last-seen cannot
-//! move backwards even if Redis's own clock steps back (a failover to a replica with a
-//! slower clock, say).
+//! Each call is one Lua script run: atomic, and stamped with Redis's own clock (`TIME`,
+//! read once per run) rather than the API host's. Every API instance therefore stamps
+//! with the same clock, so a host whose clock is a minute off cannot move anyone's
+//! last-seen into the future or back in time. The script never writes a heartbeat older
+//! than the one already in the shadow key, so last-seen cannot move backwards even if
+//! Redis's own clock steps back (a failover to a replica with a slower clock, say).
+//!
+//! One run may carry the heartbeats of many users ([`HeartbeatWriter::record`]): Redis
+//! then pays for one script call, one `TIME` and one round trip for all of them, which is
+//! what [`crate::heartbeat_queue`] uses to coalesce concurrent requests. Users are handled
+//! in the order given, so one user twice in a run sees its own earlier write.
 
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use redis::Script;
 use redis::aio::ConnectionLike;
 
-use crate::clock::RedisClock;
 use crate::keys::KeyLayout;
 use crate::time::Millis;
 use crate::user::UserId;
 
-/// Reads the shadow key into `last`, `start` and `prev`, and Redis's time into `now`,
-/// never earlier than `last`: `ARGV[3]` when the caller has an estimate, `TIME` when it
-/// passes 0. Shared by both scripts; the format is [`crate::shadow`]'s.
+/// The script: `KEYS` are each user's presence and shadow key in pairs, `ARGV` the online
+/// and shadow TTLs in milliseconds and then one letter per user, `p` for a ping and `o`
+/// for an offline call. It returns each user's stamp, in order.
 ///
-/// Times stay the decimal strings they arrive as and are joined with `..`, converted to
-/// numbers only to compare: formatting numbers back into text (`string.format`) was a
-/// measurable share of the script's time.
-const SCRIPT_PRELUDE: &str = r#"
-local now = ARGV[3]
-if now == '0' then
-  local t = redis.call('TIME')
-  now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+/// A ping refreshes (or creates) the presence key; a missing presence key means a new
+/// session, which starts now. An offline call deletes the presence key and ends the
+/// session now; a user who was not online gets a session of no length, so the visit is
+/// still recorded. Both move the shadow key (format: [`crate::shadow`]) forward.
+///
+/// Times stay decimal strings and are converted to numbers only to compare: formatting
+/// numbers into text for every user was a measurable share of the script's time.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local clock_text = string.format('%d', clock)
+local stamps = {}
+for i = 1, #ARGV - 2 do
+  local on, seen = KEYS[2 * i - 1], KEYS[2 * i]
+  local now, start, prev, last = clock_text, nil, '', nil
+  -- pcall: a shadow key of another type (not written by this service) is overwritten
+  -- below rather than failing every heartbeat of its user.
+  local old = redis.pcall('GET', seen)
+  if type(old) == 'string' then
+    local a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$')
+    if a then
+      last = a; start = b; prev = c
+      if tonumber(a) > clock then now = a end
+    end
+  end
+  local fresh
+  if ARGV[i + 2] == 'o' then
+    fresh = redis.call('DEL', on) == 0
+  else
+    fresh = redis.call('EXISTS', on) == 0
+    redis.call('SET', on, now, 'PX', ARGV[1])
+  end
+  if fresh or start == nil then
+    prev = ''
+    if last and tonumber(last) > 0 then prev = last end
+    start = now
+  end
+  redis.call('SET', seen, now .. ':' .. start .. ':' .. prev, 'PX', ARGV[2])
+  stamps[i] = tonumber(now)
 end
-local last, start, prev = '', nil, ''
--- pcall: a shadow key of another type (not written by this service) is overwritten below
--- rather than failing every ping of its user.
-local old = redis.pcall('GET', KEYS[2])
-if type(old) == 'string' then
-  local a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$')
-  if a then last = a; start = b; prev = c end
-end
-if last ~= '' and tonumber(now) < tonumber(last) then now = last end
-local function previous_end()
-  if last ~= '' and tonumber(last) > 0 then return last end
-  return ''
-end
+return stamps
 "#;
 
-/// A ping: refresh (or create) the presence key, and move the shadow key's heartbeat
-/// forward. A missing presence key means a new session, which starts now.
-const PING_BODY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 or start == nil then
-  prev = previous_end()
-  start = now
-end
-redis.call('SET', KEYS[1], now, 'PX', ARGV[1])
-redis.call('SET', KEYS[2], now .. ':' .. start .. ':' .. prev, 'PX', ARGV[2])
-return tonumber(now)
-"#;
+/// What a client said: it is here, or it is leaving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// A ping: online for the online TTL from now.
+    Ping,
+    /// An explicit offline call: offline now, last seen now.
+    Offline,
+}
 
-/// An explicit offline call: the presence key goes at once and the session ends now. A
-/// user who was not online gets a session of no length, so the visit is still recorded.
-const OFFLINE_BODY: &str = r#"
-if redis.call('DEL', KEYS[1]) == 0 or start == nil then
-  prev = previous_end()
-  start = now
-end
-redis.call('SET', KEYS[2], now .. ':' .. start .. ':' .. prev, 'PX', ARGV[2])
-return tonumber(now)
-"#;
+impl Beat {
+    fn code(self) -> &'static str {
+        match self {
+            Beat::Ping => "p",
+            Beat::Offline => "o",
+        }
+    }
+}
 
 /// Writes heartbeats with fixed TTLs.
 #[derive(Clone, Debug)]
@@ -79,9 +92,7 @@ pub struct HeartbeatWriter {
     keys: KeyLayout,
     online_ttl: Duration,
     shadow_ttl: Duration,
-    ping: Script,
-    offline: Script,
-    clock: Option<Arc<RedisClock>>,
+    script: Script,
 }
 
 impl HeartbeatWriter {
@@ -92,17 +103,13 @@ impl HeartbeatWriter {
             keys,
             online_ttl,
             shadow_ttl,
-            ping: Script::new(&format!("{SCRIPT_PRELUDE}{PING_BODY}")),
-            offline: Script::new(&format!("{SCRIPT_PRELUDE}{OFFLINE_BODY}")),
-            clock: None,
+            script: Script::new(SCRIPT),
         }
     }
 
-    /// Stamps with `clock`'s estimate of Redis's time whenever it has one, sparing the
-    /// script its own `TIME` call.
-    pub fn with_clock(mut self, clock: Arc<RedisClock>) -> HeartbeatWriter {
-        self.clock = Some(clock);
-        self
+    /// The key layout written to.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
     }
 
     /// Records a heartbeat of `user` and returns its time on Redis's clock.
@@ -110,7 +117,7 @@ impl HeartbeatWriter {
     where
         C: ConnectionLike + Send,
     {
-        self.invoke(&self.ping, con, user).await
+        self.record_one(con, user, Beat::Ping).await
     }
 
     /// Takes `user` offline now and returns that time on Redis's clock.
@@ -118,25 +125,53 @@ impl HeartbeatWriter {
     where
         C: ConnectionLike + Send,
     {
-        self.invoke(&self.offline, con, user).await
+        self.record_one(con, user, Beat::Offline).await
     }
 
-    async fn invoke<C>(
+    async fn record_one<C>(
         &self,
-        script: &Script,
         con: &mut C,
         user: &UserId,
+        beat: Beat,
     ) -> redis::RedisResult<Millis>
     where
         C: ConnectionLike + Send,
     {
-        script
-            .key(self.keys.presence(user.as_str()))
-            .key(self.keys.shadow(user.as_str()))
-            .arg(self.online_ttl.as_millis() as u64)
-            .arg(self.shadow_ttl.as_millis() as u64)
-            .arg(self.clock.as_ref().and_then(|c| c.now()).unwrap_or(0))
-            .invoke_async(con)
-            .await
+        let stamps = self.record(con, [(user, beat)]).await?;
+        Ok(stamps[0])
+    }
+
+    /// Records every beat in one script run, in order, and returns each one's time on
+    /// Redis's clock. On a cluster every user must hash to one slot, as a script's keys
+    /// must; [`crate::heartbeat_queue`] groups them so.
+    pub async fn record<'u, C>(
+        &self,
+        con: &mut C,
+        beats: impl IntoIterator<Item = (&'u UserId, Beat)>,
+    ) -> redis::RedisResult<Vec<Millis>>
+    where
+        C: ConnectionLike + Send,
+    {
+        let mut call = self.script.prepare_invoke();
+        call.arg(self.online_ttl.as_millis() as u64)
+            .arg(self.shadow_ttl.as_millis() as u64);
+        let mut count = 0;
+        for (user, beat) in beats {
+            call.key(self.keys.presence(user.as_str()))
+                .key(self.keys.shadow(user.as_str()))
+                .arg(beat.code());
+            count += 1;
+        }
+        let stamps: Vec<Millis> = call.invoke_async(con).await?;
+        if stamps.len() != count {
+            let detail = format!("{count} heartbeats, {} stamps", stamps.len());
+            return Err((
+                redis::ErrorKind::UnexpectedReturnType,
+                "short reply",
+                detail,
+            )
+                .into());
+        }
+        Ok(stamps)
     }
 }

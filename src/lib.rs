@@ -3,10 +3,11 @@
 //! A heartbeat travels through the crate like this:
 //!
 //! - [`api`] takes `POST /v1/users/{id}/ping` over HTTP and checks the id ([`user`]).
-//! - [`heartbeat`] records it in Redis with one script call: the presence key that
-//!   expires when the user stops pinging, and the shadow key that remembers the last
-//!   heartbeat for a while longer, stamped on Redis's clock as [`clock`] estimates it.
-//!   [`keys`] names both keys and [`shadow`] encodes what the shadow key holds.
+//! - [`heartbeat`] records it in Redis with one script call, stamped on Redis's clock:
+//!   the presence key that expires when the user stops pinging, and the shadow key that
+//!   remembers the last heartbeat for a while longer. [`heartbeat_queue`] gathers the
+//!   heartbeats of concurrent requests into shared calls. [`keys`] names both keys and
+//!   [`shadow`] encodes what the shadow key holds.
 //! - [`status`] answers "is this user online, and when were they last seen?" from Redis,
 //!   falling back to the durable rows in SQLite ([`last_seen`]) once the shadow key is gone.
 //! - The batch job walks the shadow keys ([`scan`]), compares what it saw with the online
@@ -25,12 +26,12 @@
 pub mod api;
 pub mod backup;
 pub mod cli;
-pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod diff;
 pub mod heartbeat;
+pub mod heartbeat_queue;
 pub mod keys;
 pub mod last_seen;
 pub mod lock;

@@ -31,10 +31,10 @@ pub use openapi::ApiDoc;
 use self::auth::{AuthArgs, Authenticator};
 use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 
-use crate::clock::RedisClock;
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
+use crate::heartbeat_queue::HeartbeatQueue;
 use crate::redis_conn::{RedisConn, redact_url};
 use crate::status::StatusReader;
 
@@ -109,8 +109,8 @@ impl ApiArgs {
 pub struct AppState {
     /// The Redis connection, one server or a cluster; cloning it shares its connections.
     pub redis: RedisConn,
-    /// Writes pings and offline calls.
-    pub heartbeats: HeartbeatWriter,
+    /// Writes pings and offline calls, coalescing concurrent ones.
+    pub heartbeats: HeartbeatQueue,
     /// Reads presence.
     pub status: StatusReader,
     /// The database, for readiness checks.
@@ -129,8 +129,7 @@ pub struct AppState {
 
 impl AppState {
     /// Opens Redis (lazily) and the database (migrating it) as `args` say, and starts the
-    /// task that keeps the estimate of Redis's clock fresh, so it must run inside a Tokio
-    /// runtime.
+    /// task that writes heartbeats, so it must run inside a Tokio runtime.
     pub fn open(args: &ApiArgs) -> anyhow::Result<AppState> {
         args.validate()?;
         let auth = Authenticator::from_args(&args.auth)?;
@@ -139,10 +138,8 @@ impl AppState {
         let db = Arc::new(DbReader::new(&store.db, store.busy_timeout()));
         let redis = store.open_redis()?;
         let keys = store.keys();
-        let clock = Arc::new(RedisClock::new());
-        clock.keep_reading(redis.clone());
-        let heartbeats = HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow())
-            .with_clock(clock);
+        let writer = HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow());
+        let heartbeats = HeartbeatQueue::start(writer, redis.clone());
         Ok(AppState {
             redis,
             heartbeats,

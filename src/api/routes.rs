@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::heartbeat::Beat;
 use crate::status::Presence;
 use crate::time::{Millis, to_rfc3339};
 use crate::user::UserId;
@@ -108,10 +109,7 @@ pub async fn ping(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PingBody>, ApiError> {
     let user = writable_user(&app, &caller, path)?;
-    let at = app
-        .heartbeats
-        .record_ping(&mut app.redis.clone(), &user)
-        .await?;
+    let at = app.heartbeats.record(user.clone(), Beat::Ping).await?;
     tracing::debug!(user = %user, at, "ping");
     Ok(Json(PingBody {
         presence: presence_of(user, true, at),
@@ -140,10 +138,7 @@ pub async fn offline(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
     let user = writable_user(&app, &caller, path)?;
-    let at = app
-        .heartbeats
-        .record_offline(&mut app.redis.clone(), &user)
-        .await?;
+    let at = app.heartbeats.record(user.clone(), Beat::Offline).await?;
     tracing::debug!(user = %user, at, "offline");
     Ok(Json(presence_of(user, false, at)))
 }

@@ -1,0 +1,144 @@
+//! Heartbeats of concurrent requests coalesced into shared script calls, against a real
+//! Redis.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use presence::heartbeat::{Beat, HeartbeatWriter};
+use presence::heartbeat_queue::{HeartbeatQueue, MAX_BATCH};
+use presence::keys::KeyLayout;
+use presence::redis_conn::open_lazy;
+use presence::user::UserId;
+use redis::Commands;
+use support::{PREFIX, RedisServer, eventually, redis_now_ms, script_calls};
+
+fn writer() -> HeartbeatWriter {
+    HeartbeatWriter::new(
+        KeyLayout::new(PREFIX),
+        Duration::from_secs(300),
+        Duration::from_secs(1200),
+    )
+}
+
+fn queue(redis: &RedisServer) -> HeartbeatQueue {
+    HeartbeatQueue::start(writer(), open_lazy(&redis.url()).unwrap())
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+fn shadow(redis: &RedisServer, name: &str) -> Option<String> {
+    redis.con().get(format!("{PREFIX}seen:{{{name}}}")).unwrap()
+}
+
+/// Pings sent together share script calls, and each user still gets their own exact
+/// stamp: the one their shadow key holds, on Redis's clock.
+#[tokio::test]
+async fn concurrent_pings_share_script_calls() {
+    let redis = RedisServer::start();
+    let queue = queue(&redis);
+    queue.record(user("warm-up"), Beat::Ping).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut redis.con())
+        .unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+
+    let before = redis_now_ms(&redis);
+    let pings = names.iter().map(|n| queue.record(user(n), Beat::Ping));
+    let stamps = join_all(pings).await;
+    let after = redis_now_ms(&redis);
+
+    let calls = script_calls(&redis);
+    assert!(
+        calls <= names.len().div_ceil(MAX_BATCH) as u64,
+        "{calls} script calls for {} pings sent together",
+        names.len()
+    );
+    for (name, stamp) in names.iter().zip(stamps) {
+        let stamp = stamp.unwrap();
+        assert!(
+            before <= stamp && stamp <= after,
+            "{name}: {before} {stamp} {after}"
+        );
+        assert_eq!(shadow(&redis, name), Some(format!("{stamp}:{stamp}:")));
+    }
+}
+
+/// One user twice or more in a call is handled in order: the second ping sees the session
+/// the first opened, and the offline call after them closes it, keeping the end of the
+/// session before.
+#[tokio::test]
+async fn one_user_repeated_in_a_call_sees_its_own_writes() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let _: () = redis
+        .con()
+        .set(format!("{PREFIX}seen:{{ann}}"), "1000:900:")
+        .unwrap();
+    let ann = user("ann");
+
+    let beats = [
+        (&ann, Beat::Ping),
+        (&ann, Beat::Ping),
+        (&ann, Beat::Offline),
+    ];
+    let stamps = writer().record(&mut con, beats).await.unwrap();
+
+    let t = stamps[0];
+    assert_eq!(stamps, [t, t, t]);
+    let online: bool = redis.con().exists(format!("{PREFIX}on:{{ann}}")).unwrap();
+    assert!(!online, "the offline call at the end left the user online");
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:1000")));
+}
+
+/// A key of the wrong type under one user does not fail the others in the same call.
+#[tokio::test]
+async fn a_foreign_key_spoils_nobody_elses_heartbeat() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let _: () = redis
+        .con()
+        .rpush(format!("{PREFIX}seen:{{bob}}"), "x")
+        .unwrap();
+    let (ann, bob, cat) = (user("ann"), user("bob"), user("cat"));
+
+    let beats = [
+        (&ann, Beat::Ping),
+        (&bob, Beat::Ping),
+        (&cat, Beat::Offline),
+    ];
+    let stamps = writer().record(&mut con, beats).await.unwrap();
+
+    let t = stamps[0];
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:")));
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}:")));
+    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:{t}:")));
+}
+
+/// With Redis gone, every waiting heartbeat fails rather than hanging, and the queue
+/// serves again by itself once Redis is back.
+#[tokio::test]
+async fn heartbeats_fail_while_redis_is_down_and_flow_again_after() {
+    let mut redis = RedisServer::start();
+    let queue = queue(&redis);
+    queue.record(user("ann"), Beat::Ping).await.unwrap();
+
+    redis.stop();
+    let pings = (0..50).map(|i| queue.record(user(&format!("u{i}")), Beat::Ping));
+    let while_down = join_all(pings).await;
+    redis.restart();
+    let back = eventually(Duration::from_secs(10), || async {
+        queue.record(user("ann"), Beat::Ping).await.is_ok()
+    })
+    .await;
+
+    assert!(
+        while_down.iter().all(Result::is_err),
+        "a ping succeeded with Redis down"
+    );
+    assert!(back, "the queue never wrote again after Redis came back");
+}

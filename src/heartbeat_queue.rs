@@ -2,11 +2,11 @@
 //!
 //! A script run costs Redis far more for its call than for each user in it, so the API
 //! does not send one run per request. Requests put their heartbeat on a queue; one task
-//! takes whatever has gathered, up to [`MAX_BATCH`], and sends it as one run, with at
-//! most [`MAX_IN_FLIGHT`] runs outstanding. Nothing waits on a timer: when Redis keeps up,
-//! each heartbeat goes out at once, alone; only while runs are outstanding do the next
-//! ones gather, so the batches grow with the load and a heartbeat waits at most for the
-//! runs ahead of it.
+//! takes whatever has gathered, up to a batch ([`DEFAULT_WRITE_BATCH`] by default), and
+//! sends it as one run, with a few runs outstanding at most ([`DEFAULT_WRITES_IN_FLIGHT`]).
+//! Nothing waits on a timer: when Redis keeps up, each heartbeat goes out at once, alone;
+//! only while runs are outstanding do the next ones gather, so the batches grow with the
+//! load and a heartbeat waits at most for the runs ahead of it.
 //!
 //! On a Redis Cluster a script's keys must share a slot, so a batch is split by slot and
 //! the parts are sent side by side; users rarely share one, and the gain there is in the
@@ -28,13 +28,31 @@ use crate::slot_map::key_slot;
 use crate::time::Millis;
 use crate::user::UserId;
 
-/// The most heartbeats in one script run: large enough that a batch amortises the call,
-/// small enough that one run holds Redis for well under a millisecond.
-pub const MAX_BATCH: usize = 128;
+/// The default most heartbeats in one script run: large enough that a batch amortises
+/// the call, small enough that one run holds Redis for about a millisecond at most.
+pub const DEFAULT_WRITE_BATCH: usize = 128;
 
-/// The most script runs outstanding at once. More than one, so that Redis works on one
-/// batch while the next is on the wire and another gathers.
-pub const MAX_IN_FLIGHT: usize = 4;
+/// The default most script runs outstanding at once. More than one, so that Redis works
+/// on one batch while the next is on the wire and another gathers.
+pub const DEFAULT_WRITES_IN_FLIGHT: usize = 4;
+
+/// How heartbeats are gathered.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// The most heartbeats in one script run; 1 sends each alone.
+    pub max_batch: usize,
+    /// The most script runs outstanding at once.
+    pub in_flight: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> QueueLimits {
+        QueueLimits {
+            max_batch: DEFAULT_WRITE_BATCH,
+            in_flight: DEFAULT_WRITES_IN_FLIGHT,
+        }
+    }
+}
 
 /// Heartbeats waiting for a run; past this, requests wait for room (the API caps requests
 /// in flight well below it).
@@ -56,9 +74,9 @@ struct Pending {
 impl HeartbeatQueue {
     /// Starts the task that writes through `writer` on `redis`. It must run inside a Tokio
     /// runtime; the task ends when the last clone of the queue is dropped.
-    pub fn start(writer: HeartbeatWriter, redis: RedisConn) -> HeartbeatQueue {
+    pub fn start(writer: HeartbeatWriter, redis: RedisConn, limits: QueueLimits) -> HeartbeatQueue {
         let (queue, waiting) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(drain(waiting, Arc::new(writer), redis));
+        tokio::spawn(drain(waiting, Arc::new(writer), redis, limits));
         HeartbeatQueue { queue }
     }
 
@@ -82,8 +100,9 @@ async fn drain(
     mut waiting: mpsc::Receiver<Pending>,
     writer: Arc<HeartbeatWriter>,
     redis: RedisConn,
+    limits: QueueLimits,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     while let Some(first) = waiting.recv().await {
         // Waiting for a free run first lets the batch gather while Redis is busy.
         let permit = Arc::clone(&in_flight)
@@ -91,7 +110,7 @@ async fn drain(
             .await
             .expect("the semaphore is never closed");
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < limits.max_batch {
             match waiting.try_recv() {
                 Ok(pending) => batch.push(pending),
                 Err(_) => break,

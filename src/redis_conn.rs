@@ -15,7 +15,8 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 use crate::keys::KeyLayout;
 use crate::scan::{self, Walk};
@@ -64,7 +65,8 @@ pub fn open_lazy(url: &str) -> redis::RedisResult<RedisConn> {
 /// flight and reconnects in the background, so a Redis restart costs a few failed calls
 /// and no process restart.
 pub fn connect_lazy(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    let client = redis::Client::open(info)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -79,6 +81,7 @@ pub fn connect_lazy(url: &str) -> redis::RedisResult<ConnectionManager> {
 /// [`CLUSTER_OVERALL_TIMEOUT`] and the next one tries again.
 pub fn connect_cluster_lazy(seeds: Vec<String>) -> redis::RedisResult<ClusterConnection> {
     let client = ClusterClientBuilder::new(seeds)
+        .tcp_settings(tcp_settings())
         .retries(4)
         .min_retry_wait(50)
         .max_retry_wait(1000)
@@ -88,6 +91,14 @@ pub fn connect_cluster_lazy(seeds: Vec<String>) -> redis::RedisResult<ClusterCon
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT);
     Ok(client.get_pending_async_connection_with_config(config))
+}
+
+/// Every Redis connection turns Nagle's algorithm off (redis-rs leaves it on). With it on,
+/// a command written while an earlier one awaits its reply is held back until that reply's
+/// acknowledgement arrives, so pipelined heartbeat batches went out one round trip at a
+/// time and the API sat idle while Redis did too.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// The seed URLs of a `redis+cluster://` URL, or `None` for any other scheme. Every seed

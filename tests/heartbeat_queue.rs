@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use presence::heartbeat::{Beat, HeartbeatWriter};
-use presence::heartbeat_queue::{HeartbeatQueue, MAX_BATCH};
+use presence::heartbeat_queue::{DEFAULT_WRITE_BATCH, HeartbeatQueue, QueueLimits};
 use presence::keys::KeyLayout;
 use presence::redis_conn::open_lazy;
 use presence::user::UserId;
@@ -23,7 +23,11 @@ fn writer() -> HeartbeatWriter {
 }
 
 fn queue(redis: &RedisServer) -> HeartbeatQueue {
-    HeartbeatQueue::start(writer(), open_lazy(&redis.url()).unwrap())
+    HeartbeatQueue::start(
+        writer(),
+        open_lazy(&redis.url()).unwrap(),
+        QueueLimits::default(),
+    )
 }
 
 fn user(name: &str) -> UserId {
@@ -54,7 +58,7 @@ async fn concurrent_pings_share_script_calls() {
 
     let calls = script_calls(&redis);
     assert!(
-        calls <= names.len().div_ceil(MAX_BATCH) as u64,
+        calls <= names.len().div_ceil(DEFAULT_WRITE_BATCH) as u64,
         "{calls} script calls for {} pings sent together",
         names.len()
     );

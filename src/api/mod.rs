@@ -34,7 +34,9 @@ use self::limits::{LimitArgs, PingLimiter, RequestGuard};
 use crate::config::{StoreArgs, TtlArgs};
 use crate::db::DbReader;
 use crate::heartbeat::HeartbeatWriter;
-use crate::heartbeat_queue::HeartbeatQueue;
+use crate::heartbeat_queue::{
+    DEFAULT_WRITE_BATCH, DEFAULT_WRITES_IN_FLIGHT, HeartbeatQueue, QueueLimits,
+};
 use crate::redis_conn::{RedisConn, redact_url};
 use crate::status::StatusReader;
 
@@ -69,6 +71,18 @@ pub struct ApiArgs {
     #[arg(long, env = "PRESENCE_WORKER_THREADS",
         value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
+
+    /// Most heartbeats of concurrent requests sent to Redis in one script call; 1 sends
+    /// every heartbeat alone.
+    #[arg(long, env = "PRESENCE_WRITE_BATCH", default_value_t = DEFAULT_WRITE_BATCH,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub write_batch: usize,
+
+    /// Most heartbeat script calls waiting for Redis at once; while they wait, the next
+    /// heartbeats gather into a batch.
+    #[arg(long, env = "PRESENCE_WRITES_IN_FLIGHT", default_value_t = DEFAULT_WRITES_IN_FLIGHT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub writes_in_flight: usize,
 
     #[command(flatten)]
     pub store: StoreArgs,
@@ -139,7 +153,11 @@ impl AppState {
         let redis = store.open_redis()?;
         let keys = store.keys();
         let writer = HeartbeatWriter::new(keys.clone(), args.ttl.online(), args.ttl.shadow());
-        let heartbeats = HeartbeatQueue::start(writer, redis.clone());
+        let limits = QueueLimits {
+            max_batch: args.write_batch,
+            in_flight: args.writes_in_flight,
+        };
+        let heartbeats = HeartbeatQueue::start(writer, redis.clone(), limits);
         Ok(AppState {
             redis,
             heartbeats,
@@ -211,6 +229,8 @@ pub async fn serve(args: ApiArgs) -> anyhow::Result<()> {
         shadow_ttl = args.ttl.shadow_ttl,
         ping_interval = args.ping_interval(),
         max_batch = args.max_batch,
+        write_batch = args.write_batch,
+        writes_in_flight = args.writes_in_flight,
         cors_origins = ?args.web.cors_origins,
         shutdown_grace = args.web.shutdown_grace,
         "presence-api listening"

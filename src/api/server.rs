@@ -77,7 +77,13 @@ async fn accept(
         .await
         .expect("the connection semaphore is never closed");
     match listener.accept().await {
-        Ok((stream, _peer)) => Some((stream, slot)),
+        Ok((stream, _peer)) => {
+            // An answer is one write; Nagle's algorithm could only hold it back.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not turn off Nagle's algorithm");
+            }
+            Some((stream, slot))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "accepting a connection failed");
             tokio::time::sleep(ACCEPT_BACKOFF).await;

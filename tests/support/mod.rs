@@ -247,6 +247,8 @@ pub fn api_args_at(db: &TestDb, ttl: TtlArgs) -> ApiArgs {
         ping_interval: None,
         max_batch: api::DEFAULT_MAX_BATCH,
         worker_threads: None,
+        write_batch: presence::heartbeat_queue::DEFAULT_WRITE_BATCH,
+        writes_in_flight: presence::heartbeat_queue::DEFAULT_WRITES_IN_FLIGHT,
         store: store_args_at(db),
         ttl,
         auth: AuthArgs {

@@ -54,8 +54,15 @@ for i = 1, #ARGV - 2 do
   if ARGV[i + 2] == 'o' then
     fresh = redis.call('DEL', on) == 0
   else
-    fresh = redis.call('EXISTS', on) == 0
-    redis.call('SET', on, now, 'PX', ARGV[1])
+    -- SET … GET answers the key's old value, so no session means no old value: one call
+    -- where EXISTS and SET took two. A key of another type is replaced, as a new session.
+    local old_on = redis.pcall('SET', on, now, 'PX', ARGV[1], 'GET')
+    if type(old_on) == 'table' and old_on.err then
+      redis.call('SET', on, now, 'PX', ARGV[1])
+      fresh = true
+    else
+      fresh = old_on == false
+    end
   end
   if fresh or start == nil then
     prev = ''

@@ -123,6 +123,34 @@ async fn a_foreign_key_spoils_nobody_elses_heartbeat() {
     assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:{t}:")));
 }
 
+/// A presence key of another type under one user is replaced by a new session rather than
+/// failing the call, and the others in the call are written as usual.
+#[tokio::test]
+async fn a_foreign_presence_key_becomes_a_new_session() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let _: () = redis
+        .con()
+        .sadd(format!("{PREFIX}on:{{bob}}"), "x")
+        .unwrap();
+    let (ann, bob) = (user("ann"), user("bob"));
+
+    let stamps = writer()
+        .record(&mut con, [(&ann, Beat::Ping), (&bob, Beat::Ping)])
+        .await
+        .unwrap();
+
+    let t = stamps[0];
+    assert_eq!(stamps, [t, t]);
+    let kind: String = redis::cmd("TYPE")
+        .arg(format!("{PREFIX}on:{{bob}}"))
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(kind, "string", "the foreign presence key was left in place");
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}:")));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:")));
+}
+
 /// With Redis gone, every waiting heartbeat fails rather than hanging, and the queue
 /// serves again by itself once Redis is back.
 #[tokio::test]

@@ -222,10 +222,11 @@ async fn walk_node(
     let mut users: Vec<Box<str>> = Vec::new();
     while scan.is_some() || !users.is_empty() {
         let mut pipe = redis::pipe();
+        let mut key = String::new();
         for user in &users {
             pipe.cmd("MGET")
-                .arg(keys.presence(user))
-                .arg(keys.shadow(user));
+                .arg(keys.presence_in(user, &mut key))
+                .arg(keys.shadow_in(user, &mut key));
         }
         if let Some(cmd) = scan.take() {
             pipe.add_command(cmd);

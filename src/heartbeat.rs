@@ -162,11 +162,11 @@ impl HeartbeatWriter {
         let mut call = self.script.prepare_invoke();
         call.arg(self.online_ttl.as_millis() as u64)
             .arg(self.shadow_ttl.as_millis() as u64);
-        let mut count = 0;
+        let (mut count, mut key) = (0, String::new());
         for (user, beat) in beats {
-            call.key(self.keys.presence(user.as_str()))
-                .key(self.keys.shadow(user.as_str()))
-                .arg(beat.code());
+            call.key(self.keys.presence_in(user.as_str(), &mut key));
+            call.key(self.keys.shadow_in(user.as_str(), &mut key));
+            call.arg(beat.code());
             count += 1;
         }
         let stamps: Vec<Millis> = call.invoke_async(con).await?;

@@ -39,6 +39,26 @@ impl KeyLayout {
         format!("{}seen:{{{}}}", self.prefix, user)
     }
 
+    /// The presence key of `user`, built in `buf` (cleared first): for loops over many
+    /// users, where one buffer for every key saves an allocation per key.
+    pub fn presence_in<'b>(&self, user: &str, buf: &'b mut String) -> &'b str {
+        self.build(buf, "on:{", user)
+    }
+
+    /// The shadow key of `user`, built in `buf` as [`KeyLayout::presence_in`] does.
+    pub fn shadow_in<'b>(&self, user: &str, buf: &'b mut String) -> &'b str {
+        self.build(buf, "seen:{", user)
+    }
+
+    fn build<'b>(&self, buf: &'b mut String, kind: &str, user: &str) -> &'b str {
+        buf.clear();
+        buf.push_str(&self.prefix);
+        buf.push_str(kind);
+        buf.push_str(user);
+        buf.push('}');
+        buf
+    }
+
     /// The SCAN pattern that matches every shadow key. Characters that SCAN patterns treat
     /// specially are escaped in the prefix.
     pub fn shadow_pattern(&self) -> String {
@@ -75,6 +95,14 @@ mod tests {
         let keys = KeyLayout::new("presence:");
         assert_eq!(keys.presence("ann"), "presence:on:{ann}");
         assert_eq!(keys.shadow("ann"), "presence:seen:{ann}");
+    }
+
+    #[test]
+    fn keys_built_in_a_buffer_match_the_allocated_ones() {
+        let keys = KeyLayout::new("app:");
+        let mut buf = String::from("left over from an earlier key");
+        assert_eq!(keys.presence_in("ann", &mut buf), keys.presence("ann"));
+        assert_eq!(keys.shadow_in("bo", &mut buf), keys.shadow("bo"));
     }
 
     #[test]

@@ -127,7 +127,7 @@ where
     let mut pipe = redis::pipe();
     let read = !users.is_empty();
     if read {
-        pipe.cmd("MGET").arg(value_keys(keys, users));
+        pipe.add_command(value_read(keys, users));
     }
     let more = cursor != 0;
     if more {
@@ -187,13 +187,15 @@ pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> 
     users
 }
 
-fn value_keys(keys: &KeyLayout, users: &[Box<str>]) -> Vec<String> {
-    let mut names = Vec::with_capacity(users.len() * 2);
+/// One MGET of both keys of every user, in order.
+fn value_read(keys: &KeyLayout, users: &[Box<str>]) -> redis::Cmd {
+    let mut mget = redis::cmd("MGET");
+    let mut key = String::new();
     for user in users {
-        names.push(keys.presence(user));
-        names.push(keys.shadow(user));
+        mget.arg(keys.presence_in(user, &mut key));
+        mget.arg(keys.shadow_in(user, &mut key));
     }
-    names
+    mget
 }
 
 /// Pairs each user with its two values. A shadow key that expired between SCAN and MGET

@@ -82,9 +82,10 @@ impl StatusReader {
         C: ConnectionLike + Send,
     {
         let mut mget = redis::cmd("MGET");
+        let mut key = String::new();
         for user in users {
-            mget.arg(self.keys.presence(user.as_str()));
-            mget.arg(self.keys.shadow(user.as_str()));
+            mget.arg(self.keys.presence_in(user.as_str(), &mut key));
+            mget.arg(self.keys.shadow_in(user.as_str(), &mut key));
         }
         mget.query_async(con).await
     }

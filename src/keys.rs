@@ -31,12 +31,16 @@ impl KeyLayout {
 
     /// The presence key of `user`.
     pub fn presence(&self, user: &str) -> String {
-        format!("{}on:{{{}}}", self.prefix, user)
+        let mut key = String::new();
+        self.presence_in(user, &mut key);
+        key
     }
 
     /// The shadow key of `user`.
     pub fn shadow(&self, user: &str) -> String {
-        format!("{}seen:{{{}}}", self.prefix, user)
+        let mut key = String::new();
+        self.shadow_in(user, &mut key);
+        key
     }
 
     /// The presence key of `user`, built in `buf` (cleared first): for loops over many
@@ -48,6 +52,18 @@ impl KeyLayout {
     /// The shadow key of `user`, built in `buf` as [`KeyLayout::presence_in`] does.
     pub fn shadow_in<'b>(&self, user: &str, buf: &'b mut String) -> &'b str {
         self.build(buf, "seen:{", user)
+    }
+
+    /// One MGET of both keys of every user, the presence key first, in the order given:
+    /// the read behind status lookups and the snapshot walk on one server.
+    pub fn read_both<'u>(&self, users: impl IntoIterator<Item = &'u str>) -> redis::Cmd {
+        let mut mget = redis::cmd("MGET");
+        let mut key = String::new();
+        for user in users {
+            mget.arg(self.presence_in(user, &mut key));
+            mget.arg(self.shadow_in(user, &mut key));
+        }
+        mget
     }
 
     fn build<'b>(&self, buf: &'b mut String, kind: &str, user: &str) -> &'b str {

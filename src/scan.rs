@@ -127,7 +127,7 @@ where
     let mut pipe = redis::pipe();
     let read = !users.is_empty();
     if read {
-        pipe.add_command(value_read(keys, users));
+        pipe.add_command(keys.read_both(users.iter().map(|user| &**user)));
     }
     let more = cursor != 0;
     if more {
@@ -185,17 +185,6 @@ pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> 
         }
     }
     users
-}
-
-/// One MGET of both keys of every user, in order.
-fn value_read(keys: &KeyLayout, users: &[Box<str>]) -> redis::Cmd {
-    let mut mget = redis::cmd("MGET");
-    let mut key = String::new();
-    for user in users {
-        mget.arg(keys.presence_in(user, &mut key));
-        mget.arg(keys.shadow_in(user, &mut key));
-    }
-    mget
 }
 
 /// Pairs each user with its two values. A shadow key that expired between SCAN and MGET

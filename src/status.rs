@@ -81,13 +81,10 @@ impl StatusReader {
     where
         C: ConnectionLike + Send,
     {
-        let mut mget = redis::cmd("MGET");
-        let mut key = String::new();
-        for user in users {
-            mget.arg(self.keys.presence_in(user.as_str(), &mut key));
-            mget.arg(self.keys.shadow_in(user.as_str(), &mut key));
-        }
-        mget.query_async(con).await
+        self.keys
+            .read_both(users.iter().map(UserId::as_str))
+            .query_async(con)
+            .await
     }
 
     /// Looks up, in one blocking task, every user Redis had no last-seen for.

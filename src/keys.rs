@@ -4,8 +4,9 @@
 //! puts them in one slot and one script call can touch both:
 //!
 //! - `{prefix}on:{user}`: the presence key. It exists while the user is online and
-//!   expires one online TTL after the last heartbeat; its value is that heartbeat in
-//!   milliseconds. Its expiry is the event a keyspace-notification listener would watch.
+//!   expires one online TTL after the last heartbeat; its value is the running session's
+//!   `start:previous_end` (the tail of the shadow value), so a ping reads it where it
+//!   refreshes it. Its expiry is the event a keyspace-notification listener would watch.
 //! - `{prefix}seen:{user}`: the shadow key (see [`crate::shadow`]). It outlives the
 //!   presence key by the shadow TTL, so last-seen stays exact after the user goes offline
 //!   and until the batch job has made it durable.

@@ -45,8 +45,14 @@ impl Shadow {
 
     /// Encodes the value as the ping script would.
     pub fn encode(&self) -> String {
+        format!("{}:{}", self.last, self.encode_session())
+    }
+
+    /// Encodes `start:previous_end`, the value the ping script keeps in the presence key
+    /// while the session runs.
+    pub fn encode_session(&self) -> String {
         let end = self.previous_end.map(|e| e.to_string()).unwrap_or_default();
-        format!("{}:{}:{}", self.last, self.start, end)
+        format!("{}:{}", self.start, end)
     }
 }
 

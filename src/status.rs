@@ -121,13 +121,34 @@ impl StatusReader {
 /// something this service did not write.
 fn from_redis(user: &UserId, presence: &Option<Vec<u8>>, shadow: &Option<Vec<u8>>) -> Presence {
     let from_shadow = shadow.as_deref().and_then(Shadow::parse).map(|s| s.last);
-    let from_presence = presence
-        .as_deref()
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<Millis>().ok());
+    let from_presence = presence.as_deref().and_then(presence_heartbeat);
     Presence {
         user: user.clone(),
         online: presence.is_some(),
         last_seen: from_shadow.max(from_presence),
+    }
+}
+
+/// A heartbeat the presence value vouches for: the start of the session it holds
+/// (`start:previous_end`), or the bare heartbeat earlier versions kept there. Only a
+/// missing or foreign shadow key makes this the answer, and then an earlier heartbeat of
+/// the user is the best one Redis still has.
+fn presence_heartbeat(raw: &[u8]) -> Option<Millis> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let start = text.split_once(':').map_or(text, |(start, _)| start);
+    start.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_value_vouches_for_its_session_start_or_its_bare_heartbeat() {
+        assert_eq!(presence_heartbeat(b"1000:400"), Some(1000));
+        assert_eq!(presence_heartbeat(b"1000:"), Some(1000));
+        assert_eq!(presence_heartbeat(b"1500"), Some(1500));
+        assert_eq!(presence_heartbeat(b"not-a-time"), None);
+        assert_eq!(presence_heartbeat(b":400"), None);
     }
 }

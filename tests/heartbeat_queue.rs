@@ -38,6 +38,10 @@ fn shadow(redis: &RedisServer, name: &str) -> Option<String> {
     redis.con().get(format!("{PREFIX}seen:{{{name}}}")).unwrap()
 }
 
+fn presence_value(redis: &RedisServer, name: &str) -> Option<String> {
+    redis.con().get(format!("{PREFIX}on:{{{name}}}")).unwrap()
+}
+
 /// Pings sent together share script calls, and each user still gets their own exact
 /// stamp: the one their shadow key holds, on Redis's clock.
 #[tokio::test]
@@ -100,6 +104,80 @@ async fn one_user_repeated_in_a_call_sees_its_own_writes() {
     let online: bool = redis.con().exists(format!("{PREFIX}on:{{ann}}")).unwrap();
     assert!(!online, "the offline call at the end left the user online");
     assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:1000")));
+}
+
+/// The presence key carries the running session, so later pings and the offline call
+/// keep the session's start and the previous session's end without reading the shadow
+/// key first.
+#[tokio::test]
+async fn a_session_keeps_its_start_and_previous_end_across_pings() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let _: () = redis
+        .con()
+        .set(format!("{PREFIX}seen:{{ann}}"), "1000:900:")
+        .unwrap();
+    let ann = user("ann");
+
+    let first = writer().record_ping(&mut con, &ann).await.unwrap();
+    let session = presence_value(&redis, "ann");
+    let second = writer().record_ping(&mut con, &ann).await.unwrap();
+    let shadow_while_online = shadow(&redis, "ann");
+    let gone = writer().record_offline(&mut con, &ann).await.unwrap();
+
+    assert_eq!(session, Some(format!("{first}:1000")));
+    assert_eq!(shadow_while_online, Some(format!("{second}:{first}:1000")));
+    assert_eq!(presence_value(&redis, "ann"), None);
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{gone}:{first}:1000")));
+}
+
+/// In a running session the shadow key is written before its old heartbeat is seen; a
+/// heartbeat stored ahead of Redis's clock must still win, or last-seen would move back.
+#[tokio::test]
+async fn a_running_session_never_moves_last_seen_backwards() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let ann = user("ann");
+    let start = writer().record_ping(&mut con, &ann).await.unwrap();
+    let ahead = start + 3_600_000;
+    let _: () = redis
+        .con()
+        .set(format!("{PREFIX}seen:{{ann}}"), format!("{ahead}:{start}:"))
+        .unwrap();
+
+    let pinged = writer().record_ping(&mut con, &ann).await.unwrap();
+    let gone = writer().record_offline(&mut con, &ann).await.unwrap();
+
+    assert_eq!((pinged, gone), (ahead, ahead));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{ahead}:{start}:")));
+}
+
+/// A presence key holding a bare heartbeat, as earlier versions wrote it, and a presence
+/// key whose shadow key is gone both keep the user's session rather than failing or
+/// starting a new one.
+#[tokio::test]
+async fn older_or_lonely_presence_keys_keep_their_session() {
+    let redis = RedisServer::start();
+    let mut con = open_lazy(&redis.url()).unwrap();
+    let _: () = redis::pipe()
+        .set(format!("{PREFIX}on:{{ann}}"), "1500")
+        .set(format!("{PREFIX}seen:{{ann}}"), "1500:1000:400")
+        .set(format!("{PREFIX}on:{{bob}}"), "1000:")
+        .query(&mut redis.con())
+        .unwrap();
+    let (ann, bob) = (user("ann"), user("bob"));
+
+    let stamps = writer()
+        .record(&mut con, [(&ann, Beat::Ping), (&bob, Beat::Ping)])
+        .await
+        .unwrap();
+
+    let t = stamps[0];
+    assert_eq!(stamps, [t, t]);
+    assert_eq!(presence_value(&redis, "ann"), Some("1000:400".to_owned()));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:1000:400")));
+    assert_eq!(presence_value(&redis, "bob"), Some("1000:".to_owned()));
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:1000:")));
 }
 
 /// A key of the wrong type under one user does not fail the others in the same call.

@@ -87,7 +87,7 @@ impl Population {
                 if user.online {
                     pipe.cmd("SET")
                         .arg(self.keys.presence(&id))
-                        .arg(user.shadow.last);
+                        .arg(user.shadow.encode_session());
                     pipe.arg("PX").arg(self.online_ttl_ms).ignore();
                 }
                 pipe.cmd("SET")

@@ -23,7 +23,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use clap::Args;
-use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use openapi::ApiDoc;
@@ -195,7 +194,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             limits::guard_request,
         ))
         .layer(axum::middleware::from_fn(crate::metrics::track))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

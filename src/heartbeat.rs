@@ -49,7 +49,7 @@ local online_ttl, shadow_ttl = ARGV[1], ARGV[2]
 
 -- A running session, `session` being its `start:previous_end`: writes the shadow key and
 -- returns the stamp, which is the clock unless the stored heartbeat is later.
-local function continue(seen, session)
+local function keep_session(seen, session)
   local now = clock_text
   local old = redis.pcall('SET', seen, now .. ':' .. session, 'PX', shadow_ttl, 'GET')
   local later, rewrite = nil, false
@@ -73,7 +73,7 @@ end
 
 -- No session the presence key can describe: the shadow key says where the user stands.
 -- `fresh` starts a new session; otherwise the shadow key's session goes on, if it has one.
-local function settle(on, seen, fresh, ping)
+local function resume_or_start(on, seen, fresh, ping)
   local now, start, prev, last = clock_text, nil, '', nil
   -- pcall: a shadow key of another type (not written by this service) is overwritten
   -- below rather than failing every heartbeat of its user.
@@ -110,7 +110,7 @@ for i = 1, #ARGV - 2 do
   end
   local now
   if type(session) == 'string' and string.find(session, '^%d+:%d*$') then
-    now = continue(seen, session)
+    now = keep_session(seen, session)
   else
     -- false: not online. A table: a key of another type, which a ping replaces with a
     -- new session and an offline call deletes. Any other text: the user is online but
@@ -120,7 +120,7 @@ for i = 1, #ARGV - 2 do
       fresh = ping
       if not ping then redis.call('DEL', on) end
     end
-    now = settle(on, seen, fresh, ping)
+    now = resume_or_start(on, seen, fresh, ping)
   end
   if now == clock_text then stamps[i] = clock else stamps[i] = tonumber(now) end
 end

@@ -153,8 +153,8 @@ async fn a_running_session_never_moves_last_seen_backwards() {
 }
 
 /// A presence key holding a bare heartbeat, as earlier versions wrote it, and a presence
-/// key whose shadow key is gone both keep the user's session rather than failing or
-/// starting a new one.
+/// key whose shadow key is gone or of another type all keep the user's session rather
+/// than failing or starting a new one.
 #[tokio::test]
 async fn older_or_lonely_presence_keys_keep_their_session() {
     let redis = RedisServer::start();
@@ -163,17 +163,18 @@ async fn older_or_lonely_presence_keys_keep_their_session() {
         .set(format!("{PREFIX}on:{{ann}}"), "1500")
         .set(format!("{PREFIX}seen:{{ann}}"), "1500:1000:400")
         .set(format!("{PREFIX}on:{{bob}}"), "1000:")
+        .set(format!("{PREFIX}on:{{cat}}"), "1000:")
+        .rpush(format!("{PREFIX}seen:{{cat}}"), "x")
         .query(&mut redis.con())
         .unwrap();
-    let (ann, bob) = (user("ann"), user("bob"));
+    let (ann, bob, cat) = (user("ann"), user("bob"), user("cat"));
 
-    let stamps = writer()
-        .record(&mut con, [(&ann, Beat::Ping), (&bob, Beat::Ping)])
-        .await
-        .unwrap();
+    let beats = [(&ann, Beat::Ping), (&bob, Beat::Ping), (&cat, Beat::Ping)];
+    let stamps = writer().record(&mut con, beats).await.unwrap();
 
     let t = stamps[0];
-    assert_eq!(stamps, [t, t]);
+    assert_eq!(stamps, [t, t, t]);
+    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:1000:")));
     assert_eq!(presence_value(&redis, "ann"), Some("1000:400".to_owned()));
     assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:1000:400")));
     assert_eq!(presence_value(&redis, "bob"), Some("1000:".to_owned()));

@@ -23,14 +23,15 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// Decodes a shadow value; `None` for anything this service did not write.
+    /// Decodes a shadow value; `None` for anything this service did not write. It works on
+    /// bytes: status reads and the job's walk decode one value per user, and checking
+    /// UTF-8 and splitting a `str` first cost more than the digits themselves.
     pub fn parse(raw: &[u8]) -> Option<Shadow> {
-        let text = std::str::from_utf8(raw).ok()?;
-        let mut parts = text.split(':');
+        let mut parts = raw.split(|&b| b == b':');
         let last = parse_ms(parts.next()?)?;
         let start = parse_ms(parts.next()?)?;
         let previous_end = match parts.next()? {
-            "" => None,
+            [] => None,
             end => Some(parse_ms(end)?),
         };
         if parts.next().is_some() || start > last {
@@ -56,11 +57,14 @@ impl Shadow {
     }
 }
 
-fn parse_ms(s: &str) -> Option<Millis> {
-    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
+/// Decimal digits, at most 15 of them (ample for milliseconds, and no overflow).
+pub(crate) fn parse_ms(digits: &[u8]) -> Option<Millis> {
+    if digits.is_empty() || digits.len() > 15 {
         return None;
     }
-    s.parse().ok()
+    digits.iter().try_fold(0, |ms: Millis, &b| {
+        b.is_ascii_digit().then(|| ms * 10 + Millis::from(b - b'0'))
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use redis::aio::ConnectionLike;
 use crate::db::DbReader;
 use crate::keys::KeyLayout;
 use crate::last_seen::read_last_seen;
-use crate::shadow::Shadow;
+use crate::shadow::{Shadow, parse_ms};
 use crate::time::Millis;
 use crate::user::UserId;
 
@@ -73,11 +73,7 @@ impl StatusReader {
         Ok(found)
     }
 
-    async fn fetch<C>(
-        &self,
-        con: &mut C,
-        users: &[UserId],
-    ) -> redis::RedisResult<Vec<Option<Vec<u8>>>>
+    async fn fetch<C>(&self, con: &mut C, users: &[UserId]) -> redis::RedisResult<Vec<redis::Value>>
     where
         C: ConnectionLike + Send,
     {
@@ -119,13 +115,23 @@ impl StatusReader {
 
 /// Reads one user's two values. The presence value backs up a shadow key that holds
 /// something this service did not write.
-fn from_redis(user: &UserId, presence: &Option<Vec<u8>>, shadow: &Option<Vec<u8>>) -> Presence {
-    let from_shadow = shadow.as_deref().and_then(Shadow::parse).map(|s| s.last);
-    let from_presence = presence.as_deref().and_then(presence_heartbeat);
+fn from_redis(user: &UserId, presence: &redis::Value, shadow: &redis::Value) -> Presence {
+    let last_seen = bytes(shadow)
+        .and_then(Shadow::parse)
+        .map(|s| s.last)
+        .or_else(|| bytes(presence).and_then(presence_heartbeat));
     Presence {
         user: user.clone(),
-        online: presence.is_some(),
-        last_seen: from_shadow.max(from_presence),
+        online: bytes(presence).is_some(),
+        last_seen,
+    }
+}
+
+/// The bytes of a value MGET found; `None` for a missing key (or a key of another type).
+fn bytes(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
     }
 }
 
@@ -134,9 +140,8 @@ fn from_redis(user: &UserId, presence: &Option<Vec<u8>>, shadow: &Option<Vec<u8>
 /// missing or foreign shadow key makes this the answer, and then an earlier heartbeat of
 /// the user is the best one Redis still has.
 fn presence_heartbeat(raw: &[u8]) -> Option<Millis> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let start = text.split_once(':').map_or(text, |(start, _)| start);
-    start.parse().ok()
+    let start = raw.split(|&b| b == b':').next()?;
+    parse_ms(start)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl StatusReader {
     pub async fn read_many<C>(
         &self,
         con: &mut C,
-        users: &[UserId],
+        users: Vec<UserId>,
     ) -> Result<Vec<Presence>, StatusError>
     where
         C: ConnectionLike + Send,
@@ -63,9 +63,9 @@ impl StatusReader {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.fetch(con, users).await?;
+        let values = self.fetch(con, &users).await?;
         let mut found: Vec<Presence> = users
-            .iter()
+            .into_iter()
             .zip(values.chunks_exact(2))
             .map(|(user, pair)| from_redis(user, &pair[0], &pair[1]))
             .collect();
@@ -115,13 +115,13 @@ impl StatusReader {
 
 /// Reads one user's two values. The presence value backs up a shadow key that holds
 /// something this service did not write.
-fn from_redis(user: &UserId, presence: &redis::Value, shadow: &redis::Value) -> Presence {
+fn from_redis(user: UserId, presence: &redis::Value, shadow: &redis::Value) -> Presence {
     let last_seen = bytes(shadow)
         .and_then(Shadow::parse)
         .map(|s| s.last)
         .or_else(|| bytes(presence).and_then(presence_heartbeat));
     Presence {
-        user: user.clone(),
+        user,
         online: bytes(presence).is_some(),
         last_seen,
     }

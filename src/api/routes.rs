@@ -14,7 +14,7 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::heartbeat::Beat;
 use crate::status::Presence;
-use crate::time::{Millis, to_rfc3339};
+use crate::time::{Millis, Rfc3339};
 use crate::user::UserId;
 
 type Shared = State<Arc<AppState>>;
@@ -25,8 +25,8 @@ pub struct PresenceBody {
     user_id: String,
     online: bool,
     /// RFC 3339 UTC with milliseconds; `null` for a user never seen.
-    #[schema(format = DateTime)]
-    last_seen: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_seen: Option<Rfc3339>,
 }
 
 impl From<Presence> for PresenceBody {
@@ -34,7 +34,7 @@ impl From<Presence> for PresenceBody {
         PresenceBody {
             user_id: p.user.into_string(),
             online: p.online,
-            last_seen: p.last_seen.map(to_rfc3339),
+            last_seen: p.last_seen.map(Rfc3339),
         }
     }
 }
@@ -164,7 +164,7 @@ pub async fn presence(
     let user = user_from(path)?;
     let mut found = app
         .status
-        .read_many(&mut app.redis.clone(), &[user])
+        .read_many(&mut app.redis.clone(), vec![user])
         .await?;
     let one = found.pop().expect("one user asked, one answered");
     Ok(Json(one.into()))
@@ -193,7 +193,7 @@ pub async fn query(
 ) -> Result<Json<QueryBody>, ApiError> {
     let Json(request) = body?;
     let users = parse_batch(&request.user_ids, app.max_batch)?;
-    let found = app.status.read_many(&mut app.redis.clone(), &users).await?;
+    let found = app.status.read_many(&mut app.redis.clone(), users).await?;
     Ok(Json(QueryBody {
         users: found.into_iter().map(PresenceBody::from).collect(),
     }))

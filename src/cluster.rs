@@ -27,7 +27,7 @@ use redis::{RedisResult, Value};
 use crate::keys::KeyLayout;
 use crate::scan::{Observation, Walk, users_of};
 use crate::shadow::Shadow;
-use crate::time::Millis;
+use crate::time::{Millis, from_time_reply};
 
 /// How long a walk keeps trying to read every slot while the cluster fails over or moves
 /// slots. Redis Cluster promotes a replica within about twice `cluster-node-timeout` (15 s
@@ -265,8 +265,7 @@ async fn node_time(con: &mut ClusterConnection, node: &Primary) -> RedisResult<M
     let reply = con
         .route_command(redis::cmd("TIME"), RoutingInfo::SingleNode(node.route()))
         .await?;
-    let (secs, micros): (i64, i64) = redis::from_redis_value(reply)?;
-    Ok(secs * 1000 + micros / 1000)
+    from_time_reply(reply)
 }
 
 /// Fails unless the node, by its own account, is a primary serving exactly the slots it

@@ -30,7 +30,7 @@ use crate::user::UserId;
 /// session now; a user who was not online gets a session of no length, so the visit is
 /// still recorded. Both move the shadow key (format: [`crate::shadow`]) forward.
 ///
-/// The presence key holds the running session's `start:previous_end`, the tail of the
+/// The presence key holds the running session's `start:previous_end`, the middle of the
 /// shadow value. A ping in a running session is then two commands: `GETEX` reads the
 /// session and refreshes the TTL, and `SET … GET` writes the shadow key and hands back the
 /// old one, whose heartbeat is only compared. Reading the shadow key first and writing
@@ -39,6 +39,10 @@ use crate::user::UserId;
 /// type, or a bare heartbeat as earlier versions wrote), takes the longer way through the
 /// shadow key.
 ///
+/// Every shadow value ends in the deadline the ping gave the presence key (the clock plus
+/// the online TTL), or in `0` for an offline call, so a status read can tell "online" from
+/// the shadow key alone.
+///
 /// Times stay decimal strings and are converted to numbers only to compare: formatting
 /// numbers into text for every user was a measurable share of the script's time.
 const SCRIPT: &str = r#"
@@ -46,15 +50,24 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local clock_text = string.format('%d', clock)
 local online_ttl, shadow_ttl = ARGV[1], ARGV[2]
+-- Each shadow value ends in the presence key's deadline, so that status reads need not
+-- read the presence key too; an offline call ends it in 0.
+local ping_tail = ':' .. string.format('%d', clock + tonumber(online_ttl))
+local offline_tail = ':0'
+
+-- The heartbeat at the head of a shadow value in this version's format or the one before.
+local function shadow_last(value)
+  return string.match(value, '^(%d+):%d+:%d*:%d+$') or string.match(value, '^(%d+):%d+:%d*$')
+end
 
 -- A running session, `session` being its `start:previous_end`: writes the shadow key and
 -- returns the stamp, which is the clock unless the stored heartbeat is later.
-local function keep_session(seen, session)
+local function keep_session(seen, session, tail)
   local now = clock_text
-  local old = redis.pcall('SET', seen, now .. ':' .. session, 'PX', shadow_ttl, 'GET')
+  local old = redis.pcall('SET', seen, now .. ':' .. session .. tail, 'PX', shadow_ttl, 'GET')
   local later, rewrite = nil, false
   if type(old) == 'string' then
-    later = string.match(old, '^(%d+):%d+:%d*$')
+    later = shadow_last(old)
   else
     -- No shadow key, or one of another type, which SET … GET refuses to replace: the
     -- session's start is then the only earlier time there is to respect.
@@ -66,20 +79,21 @@ local function keep_session(seen, session)
     rewrite = true
   end
   if rewrite then
-    redis.call('SET', seen, now .. ':' .. session, 'PX', shadow_ttl)
+    redis.call('SET', seen, now .. ':' .. session .. tail, 'PX', shadow_ttl)
   end
   return now
 end
 
 -- No session the presence key can describe: the shadow key says where the user stands.
 -- `fresh` starts a new session; otherwise the shadow key's session goes on, if it has one.
-local function resume_or_start(on, seen, fresh, ping)
+local function resume_or_start(on, seen, fresh, ping, tail)
   local now, start, prev, last = clock_text, nil, '', nil
   -- pcall: a shadow key of another type (not written by this service) is overwritten
   -- below rather than failing every heartbeat of its user.
   local old = redis.pcall('GET', seen)
   if type(old) == 'string' then
-    local a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$')
+    local a, b, c = string.match(old, '^(%d+):(%d+):(%d*):%d+$')
+    if not a then a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$') end
     if a then
       last = a; start = b; prev = c
       if tonumber(a) > clock then now = a end
@@ -94,7 +108,7 @@ local function resume_or_start(on, seen, fresh, ping)
   if ping then
     redis.call('SET', on, session, 'PX', online_ttl)
   end
-  redis.call('SET', seen, now .. ':' .. session, 'PX', shadow_ttl)
+  redis.call('SET', seen, now .. ':' .. session .. tail, 'PX', shadow_ttl)
   return now
 end
 
@@ -103,6 +117,7 @@ for i = 1, #ARGV - 2 do
   local on, seen = KEYS[2 * i - 1], KEYS[2 * i]
   local ping = ARGV[i + 2] ~= 'o'
   local session
+  local tail = ping and ping_tail or offline_tail
   if ping then
     session = redis.pcall('GETEX', on, 'PX', online_ttl)
   else
@@ -110,7 +125,7 @@ for i = 1, #ARGV - 2 do
   end
   local now
   if type(session) == 'string' and string.find(session, '^%d+:%d*$') then
-    now = keep_session(seen, session)
+    now = keep_session(seen, session, tail)
   else
     -- false: not online. A table: a key of another type, which a ping replaces with a
     -- new session and an offline call deletes. Any other text: the user is online but
@@ -120,7 +135,7 @@ for i = 1, #ARGV - 2 do
       fresh = ping
       if not ping then redis.call('DEL', on) end
     end
-    now = resume_or_start(on, seen, fresh, ping)
+    now = resume_or_start(on, seen, fresh, ping, tail)
   end
   if now == clock_text then stamps[i] = clock else stamps[i] = tonumber(now) end
 end

@@ -3,9 +3,11 @@
 //! `redis://…` opens one server through a [`ConnectionManager`]; `redis+cluster://…` opens
 //! a cluster through redis-rs's cluster client, which follows the slot map, MOVED and ASK
 //! redirects and failovers by itself. [`RedisConn`] wraps either, so the ping path and the
-//! status reads run unchanged on both. What a cluster does differently goes through two
+//! status reads run unchanged on both. What a cluster does differently goes through three
 //! seams: an MGET across slots is sent to each primary as one pipeline
-//! ([`crate::slot_map`]), and the snapshot walks every primary ([`ShadowSource`]).
+//! ([`crate::slot_map`]), a read that needs Redis's clock gets each primary's own
+//! ([`RedisConn::mget_with_clock`]), and the snapshot walks every primary
+//! ([`ShadowSource`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use crate::keys::KeyLayout;
 use crate::scan::{self, Walk};
 use crate::slot_map::{ClusterConn, key_slot, mget_keys};
+use crate::time::{Millis, from_time_reply};
 
 /// How long one command may take before it fails. Long enough for a pipelined batch of
 /// a few thousand keys, short enough that a dead Redis turns into a 503 quickly.
@@ -135,6 +138,36 @@ pub fn cluster_seeds(url: &str) -> redis::RedisResult<Option<Vec<String>>> {
 
 fn invalid_cluster_url(message: &'static str) -> redis::RedisError {
     (redis::ErrorKind::InvalidClientConfig, message).into()
+}
+
+impl RedisConn {
+    /// Runs `mget` (an MGET) and pairs each value with Redis's clock, read in the same
+    /// round trip from the server that holds the key: a deadline stored in a value can
+    /// then be judged by the clock that set it. On a cluster each primary answers with its
+    /// own clock; where a stale slot map sent the read through redirects the clock is
+    /// unknown (`None`).
+    pub async fn mget_with_clock(
+        &mut self,
+        mget: Cmd,
+    ) -> redis::RedisResult<Vec<(Value, Option<Millis>)>> {
+        match self {
+            RedisConn::Single(con) => {
+                let (time, values): (Value, Vec<Value>) = redis::pipe()
+                    .cmd("TIME")
+                    .add_command(mget)
+                    .query_async(con)
+                    .await?;
+                let now = Some(from_time_reply(time)?);
+                Ok(values.into_iter().map(|value| (value, now)).collect())
+            }
+            RedisConn::Cluster(con) => {
+                let keys = mget_keys(&mget).ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Client, "not an MGET"))
+                })?;
+                con.mget_with_clock(&mget, keys).await
+            }
+        }
+    }
 }
 
 impl ConnectionLike for RedisConn {

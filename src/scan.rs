@@ -13,7 +13,7 @@ use redis::aio::ConnectionLike;
 
 use crate::keys::KeyLayout;
 use crate::shadow::Shadow;
-use crate::time::Millis;
+use crate::time::{Millis, from_time_reply};
 
 /// The default SCAN COUNT: keys Redis examines per call.
 pub const DEFAULT_SCAN_COUNT: usize = 1000;
@@ -165,8 +165,7 @@ async fn scan_step<C: ConnectionLike + Send>(
 
 /// Redis's clock, in milliseconds.
 pub async fn redis_time<C: ConnectionLike + Send>(con: &mut C) -> redis::RedisResult<Millis> {
-    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(con).await?;
-    Ok(secs * 1000 + micros / 1000)
+    from_time_reply(redis::cmd("TIME").query_async(con).await?)
 }
 
 /// The users of a SCAN batch of shadow keys, counted into `walk`; a key that is not a

@@ -8,6 +8,9 @@
 //! primaries in parallel. When the map is stale (a MOVED reply after a failover or a slot
 //! move, a node gone) the read falls back to redis-rs's own routing, which follows
 //! redirects, and the map is read again on the next call.
+//!
+//! A read may also ask for each primary's clock: `TIME` then rides at the head of the
+//! primary's pipeline, so each value comes with the clock of the server that holds it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisResult, Value};
 
 use crate::cluster::{Primary, primaries};
+use crate::time::{Millis, from_time_reply};
 
 /// A cluster connection with the slot map it last read. Clones share both.
 #[derive(Clone)]
@@ -51,13 +55,37 @@ impl ClusterConn {
 
     /// The values of `keys`, in order, as MGET answers them, in one pipeline per primary.
     pub async fn mget(&mut self, cmd: &Cmd, keys: Vec<Vec<u8>>) -> RedisResult<Value> {
+        let values = self.read(cmd, keys, false).await?;
+        Ok(Value::Array(
+            values.into_iter().map(|(value, _)| value).collect(),
+        ))
+    }
+
+    /// The values of `keys`, in order, each with the clock of the primary that holds it;
+    /// `None` for every clock when a stale slot map sent the read through redirects.
+    pub async fn mget_with_clock(
+        &mut self,
+        cmd: &Cmd,
+        keys: Vec<Vec<u8>>,
+    ) -> RedisResult<Vec<(Value, Option<Millis>)>> {
+        self.read(cmd, keys, true).await
+    }
+
+    async fn read(
+        &mut self,
+        cmd: &Cmd,
+        keys: Vec<Vec<u8>>,
+        clock: bool,
+    ) -> RedisResult<Vec<(Value, Option<Millis>)>> {
         let map = self.slot_map().await?;
-        match self.mget_per_primary(&map, &keys).await {
-            Ok(values) => Ok(Value::Array(values)),
+        match self.mget_per_primary(&map, &keys, clock).await {
+            Ok(values) => Ok(values),
             Err(e) => {
                 tracing::debug!(error = %e, "slot map stale; reading through redirects");
                 self.forget_map();
-                self.con.req_packed_command(cmd).await
+                let values: Vec<Value> =
+                    redis::from_redis_value(self.con.req_packed_command(cmd).await?)?;
+                Ok(values.into_iter().map(|value| (value, None)).collect())
             }
         }
     }
@@ -79,19 +107,29 @@ impl ClusterConn {
         }
     }
 
-    async fn mget_per_primary(&self, map: &SlotMap, keys: &[Vec<u8>]) -> RedisResult<Vec<Value>> {
+    async fn mget_per_primary(
+        &self,
+        map: &SlotMap,
+        keys: &[Vec<u8>],
+        clock: bool,
+    ) -> RedisResult<Vec<(Value, Option<Millis>)>> {
         let reads = map.group(keys)?;
         let replies = join_all(reads.iter().map(|read| {
             let mut con = self.con.clone();
-            async move { read.send(&mut con, keys).await }
+            async move { read.send(&mut con, keys, clock).await }
         }))
         .await;
-        let mut values = vec![Value::Nil; keys.len()];
+        let mut values = vec![(Value::Nil, None); keys.len()];
         for (read, reply) in reads.iter().zip(replies) {
-            for (indexes, reply) in read.per_slot.values().zip(reply?) {
+            let mut replies = reply?.into_iter();
+            let time = match clock {
+                true => Some(from_time_reply(replies.next().unwrap_or(Value::Nil))?),
+                false => None,
+            };
+            for (indexes, reply) in read.per_slot.values().zip(replies) {
                 let reply: Vec<Value> = redis::from_redis_value(reply)?;
                 for (&i, value) in indexes.iter().zip(reply) {
-                    values[i] = value;
+                    values[i] = (value, time);
                 }
             }
         }
@@ -100,8 +138,17 @@ impl ClusterConn {
 }
 
 impl NodeRead<'_> {
-    async fn send(&self, con: &mut ClusterConnection, keys: &[Vec<u8>]) -> RedisResult<Vec<Value>> {
+    /// Sends the primary its MGETs as one pipeline, after a `TIME` when `clock` is set.
+    async fn send(
+        &self,
+        con: &mut ClusterConnection,
+        keys: &[Vec<u8>],
+        clock: bool,
+    ) -> RedisResult<Vec<Value>> {
         let mut pipe = redis::pipe();
+        if clock {
+            pipe.cmd("TIME");
+        }
         for indexes in self.per_slot.values() {
             let mget = pipe.cmd("MGET");
             for &i in indexes {

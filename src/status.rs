@@ -1,10 +1,18 @@
 //! Answering "is this user online, and when were they last seen?".
 //!
-//! Redis answers for everyone seen within the shadow TTL: the presence key says online,
-//! the shadow key holds the exact last heartbeat. For anyone older, the durable row in
-//! SQLite answers. Any number of users costs one Redis round trip (on a cluster, one per
-//! primary, in parallel: see [`crate::slot_map`]) and, only if some of them are not in
-//! Redis, one batch of SQLite point reads.
+//! Redis answers for everyone seen within the shadow TTL, from the shadow key alone: it
+//! holds the exact last heartbeat and the presence key's deadline, which Redis's `TIME`,
+//! read in the same round trip, turns into "online" (see [`crate::shadow`]). Reading the
+//! presence key too doubled the keys Redis touched per lookup, and that was most of a
+//! status query's cost. A user whose shadow key cannot say (none, one written by an
+//! earlier version, a clock a cluster could not name) costs a second read, of presence
+//! keys, and anyone Redis no longer knows is read from SQLite.
+//!
+//! The deadline is set by the same script, from the same clock, as the presence key's
+//! TTL, so both say the same: the key's expiry is computed a fraction of a millisecond
+//! later, when its command runs, so it can outlive the deadline by that much. Any number of
+//! users costs one Redis round trip (on a cluster, one per primary, in parallel: see
+//! [`crate::slot_map`]), plus the second read and SQLite point reads only when needed.
 
 use std::sync::Arc;
 
@@ -13,6 +21,7 @@ use redis::aio::ConnectionLike;
 use crate::db::DbReader;
 use crate::keys::KeyLayout;
 use crate::last_seen::read_last_seen;
+use crate::redis_conn::RedisConn;
 use crate::shadow::{Shadow, parse_ms};
 use crate::time::Millis;
 use crate::user::UserId;
@@ -52,35 +61,60 @@ impl StatusReader {
     }
 
     /// The presence of each of `users`, in the same order.
-    pub async fn read_many<C>(
+    pub async fn read_many(
         &self,
-        con: &mut C,
+        con: &mut RedisConn,
         users: Vec<UserId>,
-    ) -> Result<Vec<Presence>, StatusError>
-    where
-        C: ConnectionLike + Send,
-    {
+    ) -> Result<Vec<Presence>, StatusError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let values = self.fetch(con, &users).await?;
+        let read = self.keys.read_shadows(users.iter().map(UserId::as_str));
+        let shadows = con.mget_with_clock(read).await?;
+        let mut unsure = Vec::new();
         let mut found: Vec<Presence> = users
             .into_iter()
-            .zip(values.chunks_exact(2))
-            .map(|(user, pair)| from_redis(user, &pair[0], &pair[1]))
+            .zip(shadows)
+            .enumerate()
+            .map(|(i, (user, (shadow, clock)))| {
+                let (presence, sure) = from_shadow(user, &shadow, clock);
+                if !sure {
+                    unsure.push(i);
+                }
+                presence
+            })
             .collect();
+        self.ask_presence_keys(con, &mut found, &unsure).await?;
         self.fill_from_db(&mut found).await?;
         Ok(found)
     }
 
-    async fn fetch<C>(&self, con: &mut C, users: &[UserId]) -> redis::RedisResult<Vec<redis::Value>>
+    /// Settles the users at `unsure` by their presence keys: online while one exists, and
+    /// its session start as last-seen when the shadow key had none to give.
+    async fn ask_presence_keys<C>(
+        &self,
+        con: &mut C,
+        found: &mut [Presence],
+        unsure: &[usize],
+    ) -> redis::RedisResult<()>
     where
         C: ConnectionLike + Send,
     {
-        self.keys
-            .read_both(users.iter().map(UserId::as_str))
-            .query_async(con)
-            .await
+        if unsure.is_empty() {
+            return Ok(());
+        }
+        let read = self
+            .keys
+            .read_presence(unsure.iter().map(|&i| found[i].user.as_str()));
+        let values: Vec<redis::Value> = read.query_async(con).await?;
+        for (&i, value) in unsure.iter().zip(&values) {
+            let presence = bytes(value);
+            found[i].online = presence.is_some();
+            if found[i].last_seen.is_none() {
+                found[i].last_seen = presence.and_then(presence_heartbeat);
+            }
+        }
+        Ok(())
     }
 
     /// Looks up, in one blocking task, every user Redis had no last-seen for.
@@ -113,18 +147,20 @@ impl StatusReader {
     }
 }
 
-/// Reads one user's two values. The presence value backs up a shadow key that holds
-/// something this service did not write.
-fn from_redis(user: UserId, presence: &redis::Value, shadow: &redis::Value) -> Presence {
-    let last_seen = bytes(shadow)
-        .and_then(Shadow::parse)
-        .map(|s| s.last)
-        .or_else(|| bytes(presence).and_then(presence_heartbeat));
-    Presence {
+/// What a shadow value says of its user, and whether that is the whole answer: it is
+/// when the value carries the presence key's deadline and the clock to judge it by.
+fn from_shadow(user: UserId, shadow: &redis::Value, clock: Option<Millis>) -> (Presence, bool) {
+    let parsed = bytes(shadow).and_then(Shadow::parse_with_deadline);
+    let online = match (parsed, clock) {
+        (Some((_, Some(until))), Some(now)) => Some(now <= until),
+        _ => None,
+    };
+    let presence = Presence {
         user,
-        online: bytes(presence).is_some(),
-        last_seen,
-    }
+        online: online.unwrap_or(false),
+        last_seen: parsed.map(|(s, _)| s.last),
+    };
+    (presence, online.is_some())
 }
 
 /// The bytes of a value MGET found; `None` for a missing key (or a key of another type).

@@ -8,6 +8,12 @@ use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 /// Redis's clock (see [`crate::heartbeat`]) so that all API instances agree.
 pub type Millis = i64;
 
+/// The milliseconds of a reply to Redis's `TIME` (seconds and microseconds).
+pub fn from_time_reply(reply: redis::Value) -> redis::RedisResult<Millis> {
+    let (secs, micros): (i64, i64) = redis::from_redis_value(reply)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
 /// Formats `ms` as an RFC 3339 UTC string with millisecond precision.
 pub fn to_rfc3339(ms: Millis) -> String {
     Rfc3339(ms).to_string()

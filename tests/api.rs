@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{RedisServer, TestApi, TestDb, eventually, ms, short_ttls};
+use support::{RedisServer, TestApi, TestDb, eventually, ms, redis_now_ms, short_ttls};
 
 /// A ping makes the user online, stamps last-seen, and says when to ping next.
 #[tokio::test]
@@ -323,5 +323,81 @@ async fn garbage_in_a_shadow_key_is_replaced() {
     assert_eq!(
         api.presence("ann").await.1["last_seen"],
         pinged["last_seen"]
+    );
+}
+
+/// A status read judges "online" by the presence key's deadline in the shadow key and by
+/// Redis's clock, read in the same round trip, without reading the presence key: a
+/// deadline still ahead reads online, and one just passed reads offline even beside a
+/// presence key that says otherwise.
+#[tokio::test]
+async fn the_deadline_in_the_shadow_key_decides_online() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+    let api = TestApi::start(&redis, &db, short_ttls(300, 1200)).await;
+    let now = redis_now_ms(&redis);
+    let _: () = redis::pipe()
+        .set(
+            "presence:seen:{ann}",
+            format!("{now}:{now}::{}", now + 60_000),
+        )
+        .set("presence:seen:{bob}", format!("{now}:{now}::{}", now - 1))
+        .set("presence:on:{bob}", format!("{now}:"))
+        .query(&mut redis.con())
+        .unwrap();
+
+    let (status, body) = api.query(json!({"user_ids": ["ann", "bob"]})).await;
+
+    assert_eq!(status, 200);
+    let answers: Vec<(bool, i64)> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["online"] == true, ms(&u["last_seen"])))
+        .collect();
+    assert_eq!(answers, [(true, now), (false, now)]);
+}
+
+/// Shadow values written by earlier versions carry no deadline, and a presence key can
+/// outlive a shadow key someone deleted: those users are settled by their presence keys,
+/// each in its place among users whose shadow key answers alone.
+#[tokio::test]
+async fn users_the_shadow_key_cannot_settle_are_read_from_their_presence_keys() {
+    let (redis, db) = (RedisServer::start(), TestDb::new());
+    let api = TestApi::start(&redis, &db, short_ttls(300, 1200)).await;
+    let _: () = redis::pipe()
+        .set("presence:seen:{old-on}", "5000:1000:")
+        .set("presence:on:{old-on}", "1000:")
+        .set("presence:seen:{old-off}", "6000:1000:")
+        .set("presence:on:{lone}", "2000:")
+        .query(&mut redis.con())
+        .unwrap();
+    let (_, fresh) = api.ping("fresh").await;
+
+    let ids = ["old-on", "fresh", "old-off", "zed", "lone", "old-on"];
+    let (status, body) = api.query(json!({ "user_ids": ids })).await;
+
+    assert_eq!(status, 200);
+    let answers: Vec<(bool, Option<i64>)> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["online"] == true,
+                u["last_seen"].as_str().map(|_| ms(&u["last_seen"])),
+            )
+        })
+        .collect();
+    let fresh = ms(&fresh["last_seen"]);
+    assert_eq!(
+        answers,
+        [
+            (true, Some(5000)),
+            (true, Some(fresh)),
+            (false, Some(6000)),
+            (false, None),
+            (true, Some(2000)),
+            (true, Some(5000)),
+        ]
     );
 }

@@ -14,10 +14,14 @@ use presence::user::UserId;
 use redis::Commands;
 use support::{PREFIX, RedisServer, eventually, redis_now_ms, script_calls};
 
+/// The online TTL the writer gives, in milliseconds: a ping at `t` writes the presence
+/// key's deadline `t + ONLINE_MS` at the end of the shadow value.
+const ONLINE_MS: i64 = 300_000;
+
 fn writer() -> HeartbeatWriter {
     HeartbeatWriter::new(
         KeyLayout::new(PREFIX),
-        Duration::from_secs(300),
+        Duration::from_millis(ONLINE_MS as u64),
         Duration::from_secs(1200),
     )
 }
@@ -75,7 +79,11 @@ async fn concurrent_pings_share_script_calls() {
             before <= stamp && stamp <= after,
             "{name}: {before} {stamp} {after}"
         );
-        assert_eq!(shadow(&redis, name), Some(format!("{stamp}:{stamp}:")));
+        let until = stamp + ONLINE_MS;
+        assert_eq!(
+            shadow(&redis, name),
+            Some(format!("{stamp}:{stamp}::{until}"))
+        );
     }
 }
 
@@ -103,7 +111,7 @@ async fn one_user_repeated_in_a_call_sees_its_own_writes() {
     assert_eq!(stamps, [t, t, t]);
     let online: bool = redis.con().exists(format!("{PREFIX}on:{{ann}}")).unwrap();
     assert!(!online, "the offline call at the end left the user online");
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:1000")));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:1000:0")));
 }
 
 /// The presence key carries the running session, so later pings and the offline call
@@ -126,9 +134,16 @@ async fn a_session_keeps_its_start_and_previous_end_across_pings() {
     let gone = writer().record_offline(&mut con, &ann).await.unwrap();
 
     assert_eq!(session, Some(format!("{first}:1000")));
-    assert_eq!(shadow_while_online, Some(format!("{second}:{first}:1000")));
+    let until = second + ONLINE_MS;
+    assert_eq!(
+        shadow_while_online,
+        Some(format!("{second}:{first}:1000:{until}"))
+    );
     assert_eq!(presence_value(&redis, "ann"), None);
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{gone}:{first}:1000")));
+    assert_eq!(
+        shadow(&redis, "ann"),
+        Some(format!("{gone}:{first}:1000:0"))
+    );
 }
 
 /// In a running session the shadow key is written before its old heartbeat is seen; a
@@ -149,7 +164,7 @@ async fn a_running_session_never_moves_last_seen_backwards() {
     let gone = writer().record_offline(&mut con, &ann).await.unwrap();
 
     assert_eq!((pinged, gone), (ahead, ahead));
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{ahead}:{start}:")));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{ahead}:{start}::0")));
 }
 
 /// A presence key holding a bare heartbeat, as earlier versions wrote it, and a presence
@@ -174,11 +189,12 @@ async fn older_or_lonely_presence_keys_keep_their_session() {
 
     let t = stamps[0];
     assert_eq!(stamps, [t, t, t]);
-    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:1000:")));
+    let until = t + ONLINE_MS;
+    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:1000::{until}")));
     assert_eq!(presence_value(&redis, "ann"), Some("1000:400".to_owned()));
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:1000:400")));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:1000:400:{until}")));
     assert_eq!(presence_value(&redis, "bob"), Some("1000:".to_owned()));
-    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:1000:")));
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:1000::{until}")));
 }
 
 /// A key of the wrong type under one user does not fail the others in the same call.
@@ -199,10 +215,10 @@ async fn a_foreign_key_spoils_nobody_elses_heartbeat() {
     ];
     let stamps = writer().record(&mut con, beats).await.unwrap();
 
-    let t = stamps[0];
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:")));
-    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}:")));
-    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:{t}:")));
+    let (t, until) = (stamps[0], stamps[0] + ONLINE_MS);
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}::{until}")));
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}::{until}")));
+    assert_eq!(shadow(&redis, "cat"), Some(format!("{t}:{t}::0")));
 }
 
 /// A presence key of another type under one user is replaced by a new session rather than
@@ -229,8 +245,9 @@ async fn a_foreign_presence_key_becomes_a_new_session() {
         .query(&mut redis.con())
         .unwrap();
     assert_eq!(kind, "string", "the foreign presence key was left in place");
-    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}:")));
-    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}:")));
+    let until = t + ONLINE_MS;
+    assert_eq!(shadow(&redis, "bob"), Some(format!("{t}:{t}::{until}")));
+    assert_eq!(shadow(&redis, "ann"), Some(format!("{t}:{t}::{until}")));
 }
 
 /// With Redis gone, every waiting heartbeat fails rather than hanging, and the queue

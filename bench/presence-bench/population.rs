@@ -61,7 +61,7 @@ impl Population {
     }
 
     /// Takes about `share` of the online users offline: their last heartbeat moves to
-    /// about `now` and their presence key goes, as if it had expired.
+    /// about `now` and their presence key goes, as an offline call would have it.
     pub fn go_offline(&mut self, con: &mut Connection, share: f64, now: Millis) -> Fallible {
         let mut chosen = Vec::new();
         for (i, user) in self.users.iter_mut().enumerate() {
@@ -84,15 +84,18 @@ impl Population {
             let mut pipe = redis::pipe();
             for &i in chunk {
                 let (id, user) = (user_id(i), &self.users[i]);
+                // The presence key expires one online TTL after the last heartbeat, as
+                // the ping script would have set it, and the shadow value says so.
+                let until = user.shadow.last + self.online_ttl_ms as Millis;
                 if user.online {
                     pipe.cmd("SET")
                         .arg(self.keys.presence(&id))
                         .arg(user.shadow.encode_session());
-                    pipe.arg("PX").arg(self.online_ttl_ms).ignore();
+                    pipe.arg("PXAT").arg(until).ignore();
                 }
                 pipe.cmd("SET")
                     .arg(self.keys.shadow(&id))
-                    .arg(user.shadow.encode());
+                    .arg(user.shadow.encode(if user.online { until } else { 0 }));
                 pipe.arg("PX").arg(self.shadow_ttl_ms).ignore();
             }
             pipe.exec(con)?;
@@ -108,7 +111,7 @@ impl Population {
                 pipe.cmd("DEL").arg(self.keys.presence(&id)).ignore();
                 pipe.cmd("SET")
                     .arg(self.keys.shadow(&id))
-                    .arg(self.users[i].shadow.encode());
+                    .arg(self.users[i].shadow.encode(0));
                 pipe.arg("PX").arg(self.shadow_ttl_ms).ignore();
             }
             pipe.exec(con)?;

@@ -8,8 +8,9 @@
 //!   remembers the last heartbeat for a while longer. [`heartbeat_queue`] gathers the
 //!   heartbeats of concurrent requests into shared calls. [`keys`] names both keys and
 //!   [`shadow`] encodes what the shadow key holds.
-//! - [`status`] answers "is this user online, and when were they last seen?" from Redis,
-//!   falling back to the durable rows in SQLite ([`last_seen`]) once the shadow key is gone.
+//! - [`status`] answers "is this user online, and when were they last seen?" from the
+//!   shadow key and Redis's clock, falling back to the durable rows in SQLite
+//!   ([`last_seen`]) once the shadow key is gone.
 //! - The batch job walks the shadow keys ([`scan`]), compares what it saw with the online
 //!   set of the previous run ([`diff`]), and commits last-seen rows, online periods and a
 //!   run log in one SQLite transaction ([`snapshot`]), under a run lock ([`lock`]), on its

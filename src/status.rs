@@ -8,11 +8,12 @@
 //! earlier version, a clock a cluster could not name) costs a second read, of presence
 //! keys, and anyone Redis no longer knows is read from SQLite.
 //!
-//! The deadline is set by the same script, from the same clock, as the presence key's
-//! TTL, so both say the same: the key's expiry is computed a fraction of a millisecond
-//! later, when its command runs, so it can outlive the deadline by that much. Any number of
-//! users costs one Redis round trip (on a cluster, one per primary, in parallel: see
-//! [`crate::slot_map`]), plus the second read and SQLite point reads only when needed.
+//! The deadline comes from the same script and clock as the presence key's TTL, so the
+//! two agree; the key's own expiry is computed when its command runs, a fraction of a
+//! millisecond after the script read the clock, and can outlive the deadline by that much.
+//! Any number of users costs one Redis round trip (on a cluster, one per primary, in
+//! parallel: see [`crate::slot_map`]), plus the second read and SQLite point reads only
+//! when needed.
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use presence::heartbeat::HeartbeatWriter;
 use presence::keys::KeyLayout;
+use presence::scan::redis_time;
 use presence::snapshot::{SnapshotError, run_once};
 use presence::time::Millis;
 use presence::user::UserId;
@@ -145,6 +146,12 @@ async fn api_serves_again_after_a_failover() {
         .collect();
     let pinged: Vec<Option<Millis>> = pinged.into_iter().map(Some).collect();
     assert_eq!(read, pinged, "{answer}");
+    let users = answer["users"].as_array().unwrap();
+    let offline: Vec<_> = users.iter().filter(|u| u["online"] != true).collect();
+    assert!(
+        offline.is_empty(),
+        "offline after the failover: {offline:?}"
+    );
 }
 
 /// The batch query answers users on every primary, strangers included, in request order.
@@ -168,6 +175,50 @@ async fn batch_query_reads_users_on_every_primary() {
 
     assert_eq!(status, 200);
     assert_eq!(answer["users"], serde_json::Value::Array(expected));
+}
+
+/// On a cluster too, the batch query judges each deadline in a shadow key by the clock of
+/// the primary holding it, read in the same pipeline, and does not read presence keys: a
+/// deadline ahead reads online without a presence key, one passed reads offline beside one.
+#[tokio::test]
+async fn batch_query_judges_deadlines_by_each_primarys_clock() {
+    let (cluster, db) = (RedisCluster::start(), TestDb::new());
+    let api = TestApi::start_at(cluster.url(), &db, short_ttls(300, 1200)).await;
+    let all = users(60);
+    let mut con = cluster.connection();
+    let now = redis_time(&mut con).await.unwrap();
+    for (i, user) in all.iter().enumerate() {
+        let shadow = format!("{PREFIX}seen:{{{user}}}");
+        let until = if i % 2 == 0 { now + 60_000 } else { now - 1 };
+        let _: () = redis::cmd("SET")
+            .arg(shadow)
+            .arg(format!("{now}:{now}::{until}"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if i % 2 == 1 {
+            let presence = format!("{PREFIX}on:{{{user}}}");
+            let _: () = redis::cmd("SET")
+                .arg(presence)
+                .arg(format!("{now}:"))
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+    }
+
+    let (status, answer) = api.query(json!({ "user_ids": all })).await;
+
+    assert_eq!(status, 200, "{answer}");
+    assert!(keys_per_primary(&cluster).iter().all(|&keys| keys > 0));
+    let online: Vec<bool> = answer["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["online"] == true)
+        .collect();
+    let expected: Vec<bool> = (0..all.len()).map(|i| i % 2 == 0).collect();
+    assert_eq!(online, expected, "{answer}");
 }
 
 /// A batch query sends each primary its share as one pipeline: a thousand users cost each

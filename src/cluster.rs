@@ -4,8 +4,10 @@
 //! SCAN, so the walk reads the slot map (`CLUSTER SLOTS`), then walks each primary in
 //! parallel, sending its SCANs and value reads to that node by address. A batch MGET
 //! across users would span slots, which a cluster refuses even on one node, so each batch
-//! reads one MGET per user (both keys share the user's hash tag, so one slot), all in one
-//! pipeline with the next SCAN: still one round trip per batch and node.
+//! reads the node's `TIME` and one MGET of each user's shadow key (MGET, unlike GET,
+//! answers a key of another type with nil rather than an error), all in one pipeline with
+//! the next SCAN: still one round trip per batch and node. Each deadline in a shadow value
+//! is then judged by the clock of the node that wrote it (see [`crate::scan`]).
 //!
 //! A node's walk counts only if the slot map showed it serving the same slots before and
 //! after, and the node itself said so at both ends, with no slot migrating in or out. A
@@ -25,8 +27,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
 use crate::keys::KeyLayout;
-use crate::scan::{Observation, Walk, users_of};
-use crate::shadow::Shadow;
+use crate::scan::{Walk, observe, users_of};
 use crate::time::{Millis, from_time_reply};
 
 /// How long a walk keeps trying to read every slot while the cluster fails over or moves
@@ -202,8 +203,8 @@ impl<F: FnMut(u64)> Progress<F> {
     }
 }
 
-/// Walks one primary: SCAN on that node, and one MGET per user found, pipelined with the
-/// next SCAN. Fails unless the node serves the same slots, with none migrating, at both
+/// Walks one primary: SCAN on that node, and `TIME` and one MGET per user found, pipelined
+/// with the next SCAN. Fails unless the node serves the same slots, with none migrating, at both
 /// the start and the end ([`check_node_serves`]).
 async fn walk_node(
     mut con: ClusterConnection,
@@ -220,14 +221,17 @@ async fn walk_node(
     let pattern = keys.shadow_pattern();
     let mut scan = Some(scan_cmd(0, &pattern, count));
     let mut users: Vec<Box<str>> = Vec::new();
+    let mut unsettled = Vec::new();
     while scan.is_some() || !users.is_empty() {
         let mut pipe = redis::pipe();
         let mut key = String::new();
-        for user in &users {
-            pipe.cmd("MGET")
-                .arg(keys.presence_in(user, &mut key))
-                .arg(keys.shadow_in(user, &mut key));
+        if !users.is_empty() {
+            pipe.cmd("TIME");
         }
+        for user in &users {
+            pipe.cmd("MGET").arg(keys.shadow_in(user, &mut key));
+        }
+        let more = scan.is_some();
         if let Some(cmd) = scan.take() {
             pipe.add_command(cmd);
         }
@@ -235,10 +239,13 @@ async fn walk_node(
         let mut replies = con
             .route_pipeline(pipe, 0, count_sent, node.route())
             .await?;
-        let next = (replies.len() > users.len())
-            .then(|| replies.pop())
-            .flatten();
-        record(&mut walk, std::mem::take(&mut users), replies)?;
+        let next = if more { replies.pop() } else { None };
+        record(
+            &mut walk,
+            &mut unsettled,
+            std::mem::take(&mut users),
+            replies,
+        )?;
         if let Some(reply) = next {
             let (cursor, batch): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
             users = users_of(keys, &batch, &mut walk);
@@ -246,8 +253,37 @@ async fn walk_node(
             scan = (cursor != 0).then(|| scan_cmd(cursor, &pattern, count));
         }
     }
+    settle(&mut con, node, keys, &mut walk, &unsettled).await?;
     check_node_serves(&mut con, node).await?;
     Ok(walk)
+}
+
+/// Reads the presence keys of the node's observations at `unsettled` (values without a
+/// deadline), a pipeline of one-key MGETs per thousand, and takes each user as online
+/// while theirs holds a string, as a single server's walk does.
+async fn settle(
+    con: &mut ClusterConnection,
+    node: &Primary,
+    keys: &KeyLayout,
+    walk: &mut Walk,
+    unsettled: &[usize],
+) -> RedisResult<()> {
+    let mut key = String::new();
+    for chunk in unsettled.chunks(crate::scan::DEFAULT_SCAN_COUNT) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.cmd("MGET")
+                .arg(keys.presence_in(&walk.observations[i].user, &mut key));
+        }
+        let replies = con
+            .route_pipeline(pipe, 0, chunk.len(), node.route())
+            .await?;
+        for (&i, reply) in chunk.iter().zip(replies) {
+            let (value,): (Option<Vec<u8>>,) = redis::from_redis_value(reply)?;
+            walk.observations[i].online = value.is_some();
+        }
+    }
+    Ok(())
 }
 
 fn scan_cmd(cursor: u64, pattern: &str, count: usize) -> redis::Cmd {
@@ -311,27 +347,22 @@ fn own_slots(fields: &[&str]) -> RedisResult<Vec<(u16, u16)>> {
     Ok(slots)
 }
 
-/// Pairs each user with the reply of their MGET. A shadow key gone since SCAN is skipped;
-/// an error reply (a MOVED, say) fails the node's walk.
-fn record(walk: &mut Walk, users: Vec<Box<str>>, replies: Vec<Value>) -> RedisResult<()> {
+/// Records a batch: the node's `TIME`, then each user's shadow value. A shadow key gone
+/// since SCAN is skipped; an error reply (a MOVED, say) fails the node's walk.
+fn record(
+    walk: &mut Walk,
+    unsettled: &mut Vec<usize>,
+    users: Vec<Box<str>>,
+    replies: Vec<Value>,
+) -> RedisResult<()> {
+    let mut replies = replies.into_iter();
+    let Some(time) = replies.next() else {
+        return Ok(());
+    };
+    let now = from_time_reply(time)?;
     for (user, reply) in users.into_iter().zip(replies) {
-        let (presence, shadow): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            redis::from_redis_value(reply)?;
-        let Some(raw) = shadow else { continue };
-        match Shadow::parse(&raw) {
-            Some(shadow) => walk.observations.push(Observation {
-                user,
-                shadow,
-                online: presence.is_some(),
-            }),
-            None => {
-                walk.skipped_values += 1;
-                tracing::warn!(
-                    user = &*user,
-                    "skipping a shadow key holding a value this service did not write"
-                );
-            }
-        }
+        let (value,): (Option<Vec<u8>>,) = redis::from_redis_value(reply)?;
+        observe(walk, unsettled, user, value.as_deref(), now);
     }
     Ok(())
 }

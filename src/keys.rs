@@ -55,30 +55,23 @@ impl KeyLayout {
         self.build(buf, "seen:{", user)
     }
 
-    /// One MGET of both keys of every user, the presence key first, in the order given:
-    /// the read behind the snapshot walk on one server.
-    pub fn read_both<'u>(&self, users: impl IntoIterator<Item = &'u str>) -> redis::Cmd {
-        self.mget(users, &["on:{", "seen:{"])
-    }
-
     /// One MGET of the shadow key of every user, in the order given: the read behind
-    /// status lookups.
+    /// status lookups and the snapshot walk on one server.
     pub fn read_shadows<'u>(&self, users: impl IntoIterator<Item = &'u str>) -> redis::Cmd {
-        self.mget(users, &["seen:{"])
+        self.mget(users, "seen:{")
     }
 
-    /// One MGET of the presence key of every user, in the order given.
+    /// One MGET of the presence key of every user, in the order given: for the users
+    /// whose shadow value carries no deadline.
     pub fn read_presence<'u>(&self, users: impl IntoIterator<Item = &'u str>) -> redis::Cmd {
-        self.mget(users, &["on:{"])
+        self.mget(users, "on:{")
     }
 
-    fn mget<'u>(&self, users: impl IntoIterator<Item = &'u str>, kinds: &[&str]) -> redis::Cmd {
+    fn mget<'u>(&self, users: impl IntoIterator<Item = &'u str>, kind: &str) -> redis::Cmd {
         let mut mget = redis::cmd("MGET");
         let mut key = String::new();
         for user in users {
-            for kind in kinds {
-                mget.arg(self.build(&mut key, kind, user));
-            }
+            mget.arg(self.build(&mut key, kind, user));
         }
         mget
     }

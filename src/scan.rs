@@ -2,8 +2,11 @@
 //!
 //! The walk uses SCAN with a MATCH pattern, never KEYS: SCAN does a bounded amount of work
 //! per call, so Redis keeps serving pings in between. Each batch of keys is followed by
-//! one MGET of the users' presence and shadow keys, sent in the same pipeline as the SCAN
-//! for the next batch, so a batch costs one round trip.
+//! `TIME` and one MGET of the users' shadow keys, sent in the same pipeline as the SCAN for
+//! the next batch, so a batch costs one round trip. A user is online when Redis's clock
+//! has not passed the presence key's deadline in the shadow value, as status reads judge
+//! it (see [`crate::status`]); only values written by an earlier version, which carry no
+//! deadline, send the walk to those users' presence keys, in one read after the SCAN.
 //!
 //! The job walks shadow keys rather than presence keys because a shadow key outlives its
 //! user's session: a user who came online and went offline between two runs is still
@@ -25,7 +28,7 @@ pub struct Observation {
     pub user: Box<str>,
     /// The shadow value: last heartbeat and session start.
     pub shadow: Shadow,
-    /// Whether the presence key existed: the user is online.
+    /// Whether the user was online when their batch was read.
     pub online: bool,
 }
 
@@ -66,11 +69,12 @@ where
     let pattern = keys.shadow_pattern();
     let (mut cursor, batch) = scan_step(con, 0, &pattern, count).await?;
     let mut users = users_of(keys, &batch, &mut walk);
-    let mut unrecorded: Option<(Vec<Box<str>>, redis::Value)> = None;
+    let mut unrecorded: Option<(Vec<Box<str>>, BatchRead)> = None;
+    let mut unsettled = Vec::new();
     while !users.is_empty() || cursor != 0 {
         let in_flight = send_step(con, keys, &users, cursor, &pattern, count);
-        if let Some((users, values)) = unrecorded.take() {
-            record(&mut walk, users, redis::from_redis_value(values)?);
+        if let Some((users, read)) = unrecorded.take() {
+            record_batch(&mut walk, &mut unsettled, users, read)?;
         }
         let (values, next) = in_flight.await.map_err(|e| {
             redis::RedisError::from((
@@ -92,9 +96,10 @@ where
             cursor = 0;
         }
     }
-    if let Some((users, values)) = unrecorded {
-        record(&mut walk, users, redis::from_redis_value(values)?);
+    if let Some((users, read)) = unrecorded {
+        record_batch(&mut walk, &mut unsettled, users, read)?;
     }
+    settle(con, keys, &mut walk, &unsettled).await?;
     on_batch(walk.keys_scanned);
     let sorting = std::time::Instant::now();
     dedup(&mut walk);
@@ -107,12 +112,15 @@ where
     Ok(walk)
 }
 
-/// The replies of one step: the MGET of `users`' values (when there are users) and the
-/// next SCAN (when `cursor` is not 0).
-type StepReplies = (Option<redis::Value>, Option<redis::Value>);
+/// Redis's replies to `TIME` and to the MGET of a batch's shadow keys.
+type BatchRead = (redis::Value, redis::Value);
 
-/// Sends one step, the MGET of `users`' values and the SCAN from `cursor`, in one
-/// pipeline on a task of its own.
+/// The replies of one step: the read of `users`' values (when there are users) and the
+/// next SCAN (when `cursor` is not 0).
+type StepReplies = (Option<BatchRead>, Option<redis::Value>);
+
+/// Sends one step, `TIME` and the MGET of `users`' shadow keys, then the SCAN from
+/// `cursor`, in one pipeline on a task of its own.
 fn send_step<C>(
     con: &C,
     keys: &KeyLayout,
@@ -127,7 +135,8 @@ where
     let mut pipe = redis::pipe();
     let read = !users.is_empty();
     if read {
-        pipe.add_command(keys.read_both(users.iter().map(|user| &**user)));
+        pipe.cmd("TIME");
+        pipe.add_command(keys.read_shadows(users.iter().map(|user| &**user)));
     }
     let more = cursor != 0;
     if more {
@@ -143,7 +152,8 @@ where
         let mut replies: Vec<redis::Value> = pipe.query_async(&mut con).await?;
         let next = if more { replies.pop() } else { None };
         let values = if read { replies.pop() } else { None };
-        Ok((values, next))
+        let time = if read { replies.pop() } else { None };
+        Ok((time.zip(values), next))
     })
 }
 
@@ -186,26 +196,72 @@ pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> 
     users
 }
 
-/// Pairs each user with its two values. A shadow key that expired between SCAN and MGET
-/// is simply gone; one holding something else is counted and skipped.
-fn record(walk: &mut Walk, users: Vec<Box<str>>, values: Vec<Option<Vec<u8>>>) {
-    for (user, pair) in users.into_iter().zip(values.chunks_exact(2)) {
-        let Some(raw) = &pair[1] else { continue };
-        match Shadow::parse(raw) {
-            Some(shadow) => walk.observations.push(Observation {
+fn record_batch(
+    walk: &mut Walk,
+    unsettled: &mut Vec<usize>,
+    users: Vec<Box<str>>,
+    (time, values): BatchRead,
+) -> redis::RedisResult<()> {
+    let now = from_time_reply(time)?;
+    let values: Vec<Option<Vec<u8>>> = redis::from_redis_value(values)?;
+    for (user, value) in users.into_iter().zip(values) {
+        observe(walk, unsettled, user, value.as_deref(), now);
+    }
+    Ok(())
+}
+
+/// Records one user's shadow value as read at `now` on the clock of the server holding
+/// it. A shadow key that expired between SCAN and the read is simply gone; one holding
+/// something else is counted and skipped. A value without a deadline leaves the user's
+/// index in `unsettled`, for [`settle`] to ask the presence key.
+pub(crate) fn observe(
+    walk: &mut Walk,
+    unsettled: &mut Vec<usize>,
+    user: Box<str>,
+    value: Option<&[u8]>,
+    now: Millis,
+) {
+    let Some(raw) = value else { return };
+    match Shadow::parse_with_deadline(raw) {
+        Some((shadow, until)) => {
+            if until.is_none() {
+                unsettled.push(walk.observations.len());
+            }
+            walk.observations.push(Observation {
                 user,
                 shadow,
-                online: pair[0].is_some(),
-            }),
-            None => {
-                walk.skipped_values += 1;
-                tracing::warn!(
-                    %user,
-                    "skipping a shadow key holding a value this service did not write"
-                );
-            }
+                online: until.is_some_and(|until| now <= until),
+            });
+        }
+        None => {
+            walk.skipped_values += 1;
+            tracing::warn!(
+                %user,
+                "skipping a shadow key holding a value this service did not write"
+            );
         }
     }
+}
+
+/// Reads the presence keys of the observations at `unsettled`, a batch of SCAN's size at
+/// a time, and takes each user as online while theirs exists.
+async fn settle<C>(
+    con: &mut C,
+    keys: &KeyLayout,
+    walk: &mut Walk,
+    unsettled: &[usize],
+) -> redis::RedisResult<()>
+where
+    C: ConnectionLike + Send,
+{
+    for chunk in unsettled.chunks(DEFAULT_SCAN_COUNT) {
+        let users = chunk.iter().map(|&i| &*walk.observations[i].user);
+        let values: Vec<redis::Value> = keys.read_presence(users).query_async(con).await?;
+        for (&i, value) in chunk.iter().zip(values) {
+            walk.observations[i].online = value != redis::Value::Nil;
+        }
+    }
+    Ok(())
 }
 
 /// Sorts by user and keeps one observation per user: the one with the newest heartbeat.

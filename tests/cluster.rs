@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use presence::heartbeat::HeartbeatWriter;
 use presence::keys::KeyLayout;
+use presence::redis_conn::ShadowSource;
 use presence::scan::redis_time;
 use presence::snapshot::{SnapshotError, run_once};
 use presence::time::Millis;
 use presence::user::UserId;
 use serde_json::json;
 use support::cluster::RedisCluster;
-use support::{PREFIX, TestApi, TestDb, eventually, ms, short_ttls, snapshot_options};
+use support::{
+    PREFIX, TestApi, TestDb, eventually, ms, seed_online_states, short_ttls, snapshot_options,
+};
 
 /// Users named so that their hash tags spread over every primary.
 fn users(n: usize) -> Vec<String> {
@@ -219,6 +222,37 @@ async fn batch_query_judges_deadlines_by_each_primarys_clock() {
         .collect();
     let expected: Vec<bool> = (0..all.len()).map(|i| i % 2 == 0).collect();
     assert_eq!(online, expected, "{answer}");
+}
+
+/// A cluster walk judges each deadline by the clock of the node holding it, and settles
+/// values without a deadline by their presence keys on that node.
+#[tokio::test]
+async fn snapshot_walk_takes_online_from_deadlines_on_every_primary() {
+    let cluster = RedisCluster::start();
+    let mut con = cluster.connection();
+    let now = redis_time(&mut con).await.unwrap();
+    let mut expected = Vec::new();
+    for round in 0..6 {
+        let names = ["ahead", "passed", "left", "old-on", "old-off"].map(|n| format!("{n}{round}"));
+        let [a, b, c, d, e] = &names;
+        seed_online_states(&mut con, now, &[a, b, c, d, e]).await;
+        expected.extend([(a.clone(), true), (b.clone(), false), (c.clone(), false)]);
+        expected.extend([(d.clone(), true), (e.clone(), false)]);
+    }
+    expected.sort();
+
+    let walk = con
+        .walk_shadows(&KeyLayout::new(PREFIX), 1000, |_| {})
+        .await
+        .unwrap();
+
+    assert!(keys_per_primary(&cluster).iter().all(|&keys| keys > 0));
+    let online: Vec<(String, bool)> = walk
+        .observations
+        .iter()
+        .map(|o| (o.user.to_string(), o.online))
+        .collect();
+    assert_eq!(online, expected);
 }
 
 /// A batch query sends each primary its share as one pipeline: a thousand users cost each

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use presence::keys::KeyLayout;
 use presence::scan::walk_shadows;
-use support::{PREFIX, RedisServer};
+use support::{PREFIX, RedisServer, redis_now_ms, seed_online_states};
 
 const USERS: u64 = 500;
 const FILLER: u64 = 60_000;
@@ -71,4 +71,39 @@ async fn walk_with_shrink(
     })
     .await
     .unwrap()
+}
+
+/// The walk takes "online" from the presence key's deadline in each shadow value, judged by
+/// Redis's clock as status reads judge it; only values without a deadline are settled by
+/// their presence keys.
+#[tokio::test]
+async fn online_comes_from_the_deadline_or_else_the_presence_key() {
+    let redis = RedisServer::start();
+    let mut walker = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let names = ["ahead", "passed", "left", "old-on", "old-off"];
+    seed_online_states(&mut walker, redis_now_ms(&redis), &names).await;
+
+    let walk = walk_shadows(&mut walker, &KeyLayout::new(PREFIX), 1000, |_| {})
+        .await
+        .unwrap();
+
+    let online: Vec<(&str, bool)> = walk
+        .observations
+        .iter()
+        .map(|o| (&*o.user, o.online))
+        .collect();
+    assert_eq!(
+        online,
+        [
+            ("ahead", true),
+            ("left", false),
+            ("old-off", false),
+            ("old-on", true),
+            ("passed", false)
+        ]
+    );
 }

@@ -10,20 +10,14 @@ use presence::keys::KeyLayout;
 use redis::Connection;
 
 /// The floor: Redis walks the shadow keys with the job's SCAN pattern and COUNT and reads
-/// both keys of every user with one MGET per batch, all inside one script, so no byte
-/// crosses a socket. `ARGV`: the pattern, the COUNT, the shadow key prefix (up to the
-/// `{`) and the presence key prefix.
+/// each batch's values with one MGET, as the job does, all inside one script, so no byte
+/// crosses a socket. `ARGV`: the pattern and the COUNT.
 const FLOOR_SCRIPT: &str = r#"
 local cursor, keys_seen = '0', 0
 repeat
   local reply = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', ARGV[2])
   cursor = reply[1]
-  local names = {}
-  for i, key in ipairs(reply[2]) do
-    names[2 * i - 1] = ARGV[4] .. string.sub(key, #ARGV[3] + 1)
-    names[2 * i] = key
-  end
-  if #names > 0 then redis.call('MGET', unpack(names)) end
+  if #reply[2] > 0 then redis.call('MGET', unpack(reply[2])) end
   keys_seen = keys_seen + #reply[2]
 until cursor == '0'
 return keys_seen
@@ -94,16 +88,12 @@ impl JobSetup {
 
     /// Times the floor walk and returns it with the number of keys it saw.
     pub fn floor(&self, con: &mut Connection, keys: &KeyLayout) -> anyhow::Result<(Duration, u64)> {
-        let shadow_stem = keys.shadow("").trim_end_matches('}').to_owned();
-        let presence_stem = keys.presence("").trim_end_matches('}').to_owned();
         let began = Instant::now();
         let seen: u64 = redis::cmd("EVAL")
             .arg(FLOOR_SCRIPT)
             .arg(0)
             .arg(keys.shadow_pattern())
             .arg(self.scan_count)
-            .arg(shadow_stem)
-            .arg(presence_stem)
             .query(con)
             .context("running the floor script")?;
         Ok((began.elapsed(), seen))

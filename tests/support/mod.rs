@@ -848,3 +848,34 @@ pub fn terminate(child: &Child) {
     let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(sent, 0, "sending SIGTERM to {pid}");
 }
+
+/// Writes the five states a walk can find a user in, one user each, by name: a shadow
+/// value whose presence-key deadline is ahead; one whose deadline has passed, beside a
+/// presence key that says otherwise; one ended by an offline call; and two values an
+/// earlier version wrote, without a deadline, with and without a presence key. Key by key,
+/// so that it works on a cluster too.
+pub async fn seed_online_states<C>(con: &mut C, now: i64, names: &[&str; 5])
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let [ahead, passed, left, old_on, old_off] = *names;
+    let seen = |user: &str| format!("{PREFIX}seen:{{{user}}}");
+    let on = |user: &str| format!("{PREFIX}on:{{{user}}}");
+    let writes = [
+        (seen(ahead), format!("{now}:{now}::{}", now + 60_000)),
+        (seen(passed), format!("{now}:{now}::{}", now - 1)),
+        (on(passed), format!("{now}:")),
+        (seen(left), format!("{now}:{now}::0")),
+        (seen(old_on), format!("{now}:{now}:")),
+        (on(old_on), format!("{now}:")),
+        (seen(old_off), format!("{now}:{now}:")),
+    ];
+    for (key, value) in writes {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(con)
+            .await
+            .unwrap();
+    }
+}

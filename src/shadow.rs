@@ -37,8 +37,8 @@ impl Shadow {
 
     /// Decodes a shadow value with its `online_until`, which is `None` in a value an
     /// earlier version wrote. The deadline stays out of [`Shadow`]: the batch job holds
-    /// one `Shadow` per online user and judges "online" by the presence key it reads
-    /// anyway.
+    /// one `Shadow` per user it walked, and needs the deadline only while it reads the
+    /// user's batch.
     pub fn parse_with_deadline(raw: &[u8]) -> Option<(Shadow, Option<Millis>)> {
         let mut parts = raw.split(|&b| b == b':');
         let last = parse_ms(parts.next()?)?;

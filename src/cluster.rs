@@ -26,6 +26,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
+use crate::compact_id::CompactId;
 use crate::keys::KeyLayout;
 use crate::scan::{Walk, observe, users_of};
 use crate::time::{Millis, from_time_reply};
@@ -220,7 +221,7 @@ async fn walk_node(
     check_node_serves(&mut con, node).await?;
     let pattern = keys.shadow_pattern();
     let mut scan = Some(scan_cmd(0, &pattern, count));
-    let mut users: Vec<Box<str>> = Vec::new();
+    let mut users: Vec<CompactId> = Vec::new();
     let mut unsettled = Vec::new();
     while scan.is_some() || !users.is_empty() {
         let mut pipe = redis::pipe();
@@ -352,7 +353,7 @@ fn own_slots(fields: &[&str]) -> RedisResult<Vec<(u16, u16)>> {
 fn record(
     walk: &mut Walk,
     unsettled: &mut Vec<usize>,
-    users: Vec<Box<str>>,
+    users: Vec<CompactId>,
     replies: Vec<Value>,
 ) -> RedisResult<()> {
     let mut replies = replies.into_iter();

@@ -94,10 +94,10 @@ pub fn plan<E>(
     for prev in previous {
         let prev = prev?;
         previous_len += 1;
-        while let Some(o) = obs.next_if(|o| o.user < prev.user) {
+        while let Some(o) = obs.next_if(|o| o.user.as_bytes() < prev.user.as_bytes()) {
             plan.observe_new(o, settled_before);
         }
-        match obs.next_if(|o| o.user == prev.user) {
+        match obs.next_if(|o| o.user.as_bytes() == prev.user.as_bytes()) {
             Some(o) => plan.observe_known(prev, o),
             None => vanished.push(prev),
         }
@@ -116,7 +116,7 @@ impl Plan {
             self.online += 1;
             self.came_online += 1;
             if let Some(end) = o.shadow.previous_end {
-                self.last_seen.push((o.user.clone(), end));
+                self.last_seen.push((o.user.as_str().into(), end));
             }
             self.online_upserts.push(row_of(o));
         } else if o.shadow.last >= settled_before {
@@ -177,7 +177,7 @@ impl Plan {
 
 fn row_of(o: &Observation) -> OnlineRow {
     OnlineRow {
-        user: o.user.clone(),
+        user: o.user.as_str().into(),
         since: o.shadow.start,
         last_heartbeat: o.shadow.last,
     }

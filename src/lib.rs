@@ -28,6 +28,7 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod cluster;
+pub mod compact_id;
 pub mod config;
 pub mod db;
 pub mod diff;

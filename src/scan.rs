@@ -14,6 +14,7 @@
 
 use redis::aio::ConnectionLike;
 
+use crate::compact_id::CompactId;
 use crate::keys::KeyLayout;
 use crate::shadow::Shadow;
 use crate::time::{Millis, from_time_reply};
@@ -25,7 +26,7 @@ pub const DEFAULT_SCAN_COUNT: usize = 1000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     /// The user id.
-    pub user: Box<str>,
+    pub user: CompactId,
     /// The shadow value: last heartbeat and session start.
     pub shadow: Shadow,
     /// Whether the user was online when their batch was read.
@@ -69,7 +70,7 @@ where
     let pattern = keys.shadow_pattern();
     let (mut cursor, batch) = scan_step(con, 0, &pattern, count).await?;
     let mut users = users_of(keys, &batch, &mut walk);
-    let mut unrecorded: Option<(Vec<Box<str>>, BatchRead)> = None;
+    let mut unrecorded: Option<(Vec<CompactId>, BatchRead)> = None;
     let mut unsettled = Vec::new();
     while !users.is_empty() || cursor != 0 {
         let in_flight = send_step(con, keys, &users, cursor, &pattern, count);
@@ -124,7 +125,7 @@ type StepReplies = (Option<BatchRead>, Option<redis::Value>);
 fn send_step<C>(
     con: &C,
     keys: &KeyLayout,
-    users: &[Box<str>],
+    users: &[CompactId],
     cursor: u64,
     pattern: &str,
     count: usize,
@@ -136,7 +137,7 @@ where
     let read = !users.is_empty();
     if read {
         pipe.cmd("TIME");
-        pipe.add_command(keys.read_shadows(users.iter().map(|user| &**user)));
+        pipe.add_command(keys.read_shadows(users.iter().map(CompactId::as_str)));
     }
     let more = cursor != 0;
     if more {
@@ -180,12 +181,12 @@ pub async fn redis_time<C: ConnectionLike + Send>(con: &mut C) -> redis::RedisRe
 
 /// The users of a SCAN batch of shadow keys, counted into `walk`; a key that is not a
 /// shadow key of this layout is counted as skipped.
-pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<Box<str>> {
+pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> Vec<CompactId> {
     walk.keys_scanned += batch.len() as u64;
     let mut users = Vec::with_capacity(batch.len());
     for key in batch {
         match keys.user_of_shadow(key) {
-            Some(user) => users.push(user.into()),
+            Some(user) => users.push(CompactId::from(user)),
             None => {
                 walk.skipped_values += 1;
                 let key = String::from_utf8_lossy(key);
@@ -199,7 +200,7 @@ pub(crate) fn users_of(keys: &KeyLayout, batch: &[Vec<u8>], walk: &mut Walk) -> 
 fn record_batch(
     walk: &mut Walk,
     unsettled: &mut Vec<usize>,
-    users: Vec<Box<str>>,
+    users: Vec<CompactId>,
     (time, values): BatchRead,
 ) -> redis::RedisResult<()> {
     let now = from_time_reply(time)?;
@@ -217,7 +218,7 @@ fn record_batch(
 pub(crate) fn observe(
     walk: &mut Walk,
     unsettled: &mut Vec<usize>,
-    user: Box<str>,
+    user: CompactId,
     value: Option<&[u8]>,
     now: Millis,
 ) {

@@ -205,8 +205,8 @@ impl<F: FnMut(u64)> Progress<F> {
 }
 
 /// Walks one primary: SCAN on that node, and `TIME` and one MGET per user found, pipelined
-/// with the next SCAN. Fails unless the node serves the same slots, with none migrating, at both
-/// the start and the end ([`check_node_serves`]).
+/// with the next SCAN. Fails unless the node serves the same slots, with none migrating,
+/// at both the start and the end ([`check_node_serves`]).
 async fn walk_node(
     mut con: ClusterConnection,
     node: &Primary,

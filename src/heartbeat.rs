@@ -55,9 +55,12 @@ local online_ttl, shadow_ttl = ARGV[1], ARGV[2]
 local ping_tail = ':' .. string.format('%d', clock + tonumber(online_ttl))
 local offline_tail = ':0'
 
--- The heartbeat at the head of a shadow value in this version's format or the one before.
-local function shadow_last(value)
-  return string.match(value, '^(%d+):%d+:%d*:%d+$') or string.match(value, '^(%d+):%d+:%d*$')
+-- A shadow value's `last`, `start` and `previous_end`, in this version's format or the one
+-- before; nothing for a value this service did not write.
+local function parse_shadow(value)
+  local last, start, prev = string.match(value, '^(%d+):(%d+):(%d*):%d+$')
+  if not last then last, start, prev = string.match(value, '^(%d+):(%d+):(%d*)$') end
+  return last, start, prev
 end
 
 -- A running session, `session` being its `start:previous_end`: writes the shadow key and
@@ -67,7 +70,7 @@ local function keep_session(seen, session, tail)
   local old = redis.pcall('SET', seen, now .. ':' .. session .. tail, 'PX', shadow_ttl, 'GET')
   local later, rewrite = nil, false
   if type(old) == 'string' then
-    later = shadow_last(old)
+    later = parse_shadow(old)
   else
     -- No shadow key, or one of another type, which SET … GET refuses to replace: the
     -- session's start is then the only earlier time there is to respect.
@@ -92,8 +95,7 @@ local function resume_or_start(on, seen, fresh, ping, tail)
   -- below rather than failing every heartbeat of its user.
   local old = redis.pcall('GET', seen)
   if type(old) == 'string' then
-    local a, b, c = string.match(old, '^(%d+):(%d+):(%d*):%d+$')
-    if not a then a, b, c = string.match(old, '^(%d+):(%d+):(%d*)$') end
+    local a, b, c = parse_shadow(old)
     if a then
       last = a; start = b; prev = c
       if tonumber(a) > clock then now = a end

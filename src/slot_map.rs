@@ -122,9 +122,10 @@ impl ClusterConn {
         let mut values = vec![(Value::Nil, None); keys.len()];
         for (read, reply) in reads.iter().zip(replies) {
             let mut replies = reply?.into_iter();
-            let time = match clock {
-                true => Some(from_time_reply(replies.next().unwrap_or(Value::Nil))?),
-                false => None,
+            let time = if clock {
+                Some(from_time_reply(replies.next().unwrap_or(Value::Nil))?)
+            } else {
+                None
             };
             for (indexes, reply) in read.per_slot.values().zip(replies) {
                 let reply: Vec<Value> = redis::from_redis_value(reply)?;

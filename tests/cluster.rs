@@ -181,54 +181,30 @@ async fn batch_query_reads_users_on_every_primary() {
 }
 
 /// On a cluster too, the batch query judges each deadline in a shadow key by the clock of
-/// the primary holding it, read in the same pipeline, and does not read presence keys: a
-/// deadline ahead reads online without a presence key, one passed reads offline beside one.
+/// the primary holding it, read in the same pipeline, and reads presence keys only for
+/// values without a deadline: a deadline ahead reads online without a presence key, one
+/// passed reads offline beside one.
 #[tokio::test]
 async fn batch_query_judges_deadlines_by_each_primarys_clock() {
     let (cluster, db) = (RedisCluster::start(), TestDb::new());
     let api = TestApi::start_at(cluster.url(), &db, short_ttls(300, 1200)).await;
-    let all = users(60);
-    let mut con = cluster.connection();
-    let now = redis_time(&mut con).await.unwrap();
-    for (i, user) in all.iter().enumerate() {
-        let shadow = format!("{PREFIX}seen:{{{user}}}");
-        let until = if i % 2 == 0 { now + 60_000 } else { now - 1 };
-        let _: () = redis::cmd("SET")
-            .arg(shadow)
-            .arg(format!("{now}:{now}::{until}"))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        if i % 2 == 1 {
-            let presence = format!("{PREFIX}on:{{{user}}}");
-            let _: () = redis::cmd("SET")
-                .arg(presence)
-                .arg(format!("{now}:"))
-                .query_async(&mut con)
-                .await
-                .unwrap();
-        }
-    }
+    let (all, expected) = seed_states_on_every_primary(&cluster).await;
 
     let (status, answer) = api.query(json!({ "user_ids": all })).await;
 
     assert_eq!(status, 200, "{answer}");
-    assert!(keys_per_primary(&cluster).iter().all(|&keys| keys > 0));
     let online: Vec<bool> = answer["users"]
         .as_array()
         .unwrap()
         .iter()
         .map(|u| u["online"] == true)
         .collect();
-    let expected: Vec<bool> = (0..all.len()).map(|i| i % 2 == 0).collect();
     assert_eq!(online, expected, "{answer}");
 }
 
-/// A cluster walk judges each deadline by the clock of the node holding it, and settles
-/// values without a deadline by their presence keys on that node.
-#[tokio::test]
-async fn snapshot_walk_takes_online_from_deadlines_on_every_primary() {
-    let cluster = RedisCluster::start();
+/// Writes the five states of [`seed_online_states`] for six users each, spread over every
+/// primary; returns the users, sorted, and whether each is online.
+async fn seed_states_on_every_primary(cluster: &RedisCluster) -> (Vec<String>, Vec<bool>) {
     let mut con = cluster.connection();
     let now = redis_time(&mut con).await.unwrap();
     let mut expected = Vec::new();
@@ -236,23 +212,34 @@ async fn snapshot_walk_takes_online_from_deadlines_on_every_primary() {
         let names = ["ahead", "passed", "left", "old-on", "old-off"].map(|n| format!("{n}{round}"));
         let [a, b, c, d, e] = &names;
         seed_online_states(&mut con, now, &[a, b, c, d, e]).await;
-        expected.extend([(a.clone(), true), (b.clone(), false), (c.clone(), false)]);
-        expected.extend([(d.clone(), true), (e.clone(), false)]);
+        let online = [true, false, false, true, false];
+        expected.extend(names.into_iter().zip(online));
     }
     expected.sort();
+    assert!(keys_per_primary(cluster).iter().all(|&keys| keys > 0));
+    expected.into_iter().unzip()
+}
 
-    let walk = con
+/// A cluster walk judges each deadline by the clock of the node holding it, and settles
+/// values without a deadline by their presence keys on that node.
+#[tokio::test]
+async fn snapshot_walk_takes_online_from_deadlines_on_every_primary() {
+    let cluster = RedisCluster::start();
+    let (users, online) = seed_states_on_every_primary(&cluster).await;
+
+    let walk = cluster
+        .connection()
         .walk_shadows(&KeyLayout::new(PREFIX), 1000, |_| {})
         .await
         .unwrap();
 
-    assert!(keys_per_primary(&cluster).iter().all(|&keys| keys > 0));
-    let online: Vec<(String, bool)> = walk
+    let walked: Vec<(String, bool)> = walk
         .observations
         .iter()
         .map(|o| (o.user.to_string(), o.online))
         .collect();
-    assert_eq!(online, expected);
+    let expected: Vec<(String, bool)> = users.into_iter().zip(online).collect();
+    assert_eq!(walked, expected);
 }
 
 /// A batch query sends each primary its share as one pipeline: a thousand users cost each
